@@ -1,0 +1,37 @@
+"""How the runtime asks people for approval and escalates, without importing `approvals`
+(which depends on desk). settings.DESK_APPROVAL_GATE names the implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+@dataclass(frozen=True)
+class GateRule:
+    required_approvals: int
+    due_minutes: int
+    on_timeout: str
+
+
+class Gate(Protocol):
+    def rule_for(self, *, run, step) -> GateRule | None:
+        """The review rule for this step, or None when it may run on its own."""
+
+    def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
+        """Write the approval request (inside the caller's transaction)."""
+
+    def open_escalation(self, *, run, step, reason: str) -> None:
+        """Hand a problem to people (inside the caller's transaction)."""
+
+    def cancel_open(self, *, run, reason: str) -> None:
+        """Close any pending requests of a run that ended."""
+
+
+@cache
+def get_gate() -> Gate:
+    return import_string(settings.DESK_APPROVAL_GATE)()

@@ -1,0 +1,342 @@
+"""Writes to runs: start, cancel, the effects of reviewers' decisions, outbox delivery and
+the reaper. The engine (desk.engine) executes steps; these functions change state around it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import Actor, record
+from desk.gates import get_gate
+from desk.models import OutboxMessage, Run, StepRun
+from roles.models import Role, RoleVersion
+from roles.workflow import schema_errors
+from tenants.models import Tenant
+
+OUTBOX_MAX_ATTEMPTS = 5
+STALL_SECONDS = 60
+
+
+@dataclass
+class RunError(Exception):
+    """A run could not be started or changed; nothing was written."""
+
+    code: str
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self):
+        return self.message
+
+
+def _pick_version(role: Role) -> RoleVersion:
+    if role.canary_version_id and random.uniform(0, 100) < role.canary_percent:
+        return role.canary_version
+    return role.active_version
+
+
+def start_run(
+    *,
+    tenant: Tenant,
+    role: Role,
+    input: dict[str, Any],
+    actor: Actor,
+    via: str,
+    idempotency_key: str = "",
+) -> Run:
+    """Validate the input, pin the role's version and queue a run.
+
+    Raises RunError (codes: tenant_inactive, role_not_found, no_active_version,
+    invalid_input, idempotency_conflict).
+    """
+    from desk.tasks import enqueue_advance
+
+    if role.tenant_id != tenant.pk:
+        raise RunError("role_not_found", f"No role '{role.slug}' in tenant '{tenant.slug}'.")
+    if not tenant.is_active:
+        raise RunError("tenant_inactive", f"Tenant '{tenant.slug}' is suspended.")
+    if role.active_version_id is None:
+        raise RunError("no_active_version", f"Role '{role.slug}' has no published version yet.")
+    if not isinstance(input, dict):
+        raise RunError("invalid_input", "The input must be a JSON object.")
+    errors = schema_errors(role.input_schema or {}, input)
+    if errors:
+        raise RunError("invalid_input", "The input does not match the role's input schema.", errors)
+    version = _pick_version(role)
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                tenant=tenant,
+                role=role,
+                role_version=version,
+                input=input,
+                via=via,
+                started_by=actor.user,
+                started_by_label=actor.label,
+                idempotency_key=idempotency_key,
+            )
+            StepRun.objects.bulk_create(
+                StepRun(
+                    run=run,
+                    tenant=tenant,
+                    index=index,
+                    key=step["key"],
+                    kind=step["kind"],
+                    category=step["category"],
+                    status=StepRun.Status.READY if index == 0 else StepRun.Status.PENDING,
+                    idempotency_key=f"run-{run.pk}-step-{step['key']}",
+                )
+                for index, step in enumerate(version.steps)
+            )
+            record(
+                tenant=tenant,
+                actor=actor,
+                action="run.started",
+                obj=run,
+                run_id=run.pk,
+                data={"role": role.slug, "version": version.number, "via": via, "input": input},
+            )
+            enqueue_advance(run.pk)
+    except IntegrityError:
+        if idempotency_key:
+            raise RunError(
+                "idempotency_conflict", "A run with this idempotency key already exists."
+            ) from None
+        raise
+    return run
+
+
+def cancel_run(*, run: Run, actor: Actor, reason: str) -> Run:
+    """Stop an open run; pending approvals are closed.
+
+    Raises RunError (code run_closed) when the run has already ended.
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if not run.is_open:
+            raise RunError("run_closed", f"The run is already {run.get_status_display().lower()}.")
+        run.steps.exclude(status=StepRun.Status.COMPLETED).update(
+            status=StepRun.Status.CANCELLED, lease_owner="", lease_expires_at=None
+        )
+        run.status = Run.Status.CANCELLED
+        run.finished_at = timezone.now()
+        run.error = reason
+        run.save(update_fields=["status", "finished_at", "error", "updated_at"])
+        get_gate().cancel_open(run=run, reason=reason)
+        record(
+            tenant=run.tenant_id,
+            actor=actor,
+            action="run.cancelled",
+            obj=run,
+            run_id=run.pk,
+            reason=reason,
+        )
+    return run
+
+
+# --- effects of reviewers' decisions (called inside approvals.services.decide) ------------
+
+
+def _locked_parked_step(step: StepRun) -> tuple[Run, StepRun]:
+    run = Run.objects.select_for_update().get(pk=step.run_id)
+    step = StepRun.objects.select_for_update().get(pk=step.pk)
+    if step.status != StepRun.Status.WAITING_APPROVAL or run.status != Run.Status.WAITING_APPROVAL:
+        raise RunError("not_waiting", "This step is no longer waiting for approval.")
+    return run, step
+
+
+def resume_approved_step(*, step: StepRun, payload: dict[str, Any], actor: Actor) -> Run:
+    """Let a parked step go on with what reviewers approved, and wake the run."""
+    from desk.tasks import enqueue_advance
+
+    run, step = _locked_parked_step(step)
+    step.approved_payload = payload
+    if step.kind == "tool":
+        step.status = StepRun.Status.READY  # the approved call runs next
+    else:
+        step.status = StepRun.Status.COMPLETED
+        step.output = payload.get("draft", payload) if step.kind == "llm" else {"approved": True}
+        step.finished_at = timezone.now()
+    step.save(update_fields=["approved_payload", "status", "output", "finished_at"])
+    run.status = Run.Status.RUNNING
+    run.save(update_fields=["status", "updated_at"])
+    record(
+        tenant=run.tenant_id,
+        actor=actor,
+        action="step.approved",
+        obj=step,
+        run_id=run.pk,
+        step_id=step.pk,
+        data={"key": step.key},
+    )
+    enqueue_advance(run.pk)
+    return run
+
+
+def reject_parked_step(*, step: StepRun, actor: Actor, reason: str) -> Run:
+    """End the run of a parked step as rejected."""
+    run, step = _locked_parked_step(step)
+    now = timezone.now()
+    step.status = StepRun.Status.CANCELLED
+    step.error = f"Rejected: {reason}"
+    step.finished_at = now
+    step.save(update_fields=["status", "error", "finished_at"])
+    run.steps.filter(status=StepRun.Status.PENDING).update(status=StepRun.Status.CANCELLED)
+    run.status = Run.Status.REJECTED
+    run.error = reason
+    run.finished_at = now
+    run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    record(
+        tenant=run.tenant_id,
+        actor=actor,
+        action="run.rejected",
+        obj=run,
+        run_id=run.pk,
+        step_id=step.pk,
+        reason=reason,
+    )
+    return run
+
+
+def return_step_for_revision(*, step: StepRun, actor: Actor, feedback: str) -> Run:
+    """Send a parked draft back to the AI employee with the reviewer's feedback."""
+    from desk.tasks import enqueue_advance
+
+    run, step = _locked_parked_step(step)
+    if step.kind != "llm":
+        raise RunError("not_revisable", "Only a drafted step can be sent back for revision.")
+    step.rendered = {**step.rendered, "previous_output": step.output}
+    step.output = None
+    step.feedback = feedback
+    step.attempts = 0
+    step.status = StepRun.Status.READY
+    step.save(update_fields=["rendered", "output", "feedback", "attempts", "status"])
+    run.status = Run.Status.RUNNING
+    run.save(update_fields=["status", "updated_at"])
+    record(
+        tenant=run.tenant_id,
+        actor=actor,
+        action="step.returned",
+        obj=step,
+        run_id=run.pk,
+        step_id=step.pk,
+        reason=feedback,
+    )
+    enqueue_advance(run.pk)
+    return run
+
+
+# --- outbox and reaper ---------------------------------------------------------------------
+
+
+def deliver_outbox_message(*, message_id: int) -> OutboxMessage | None:
+    """Deliver one outbox message unless it already went out."""
+    with transaction.atomic():
+        message = OutboxMessage.objects.select_for_update().filter(pk=message_id).first()
+        if message is None or message.status != OutboxMessage.Status.PENDING:
+            return message
+        message.attempts += 1
+        try:
+            if message.channel != "email":
+                raise ValueError(f"no delivery for channel '{message.channel}'")
+            payload = message.payload
+            EmailMessage(
+                subject=payload["subject"],
+                body=payload["body"],
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                to=[payload["to"]],
+                headers={"X-AgentDesk-Key": message.idempotency_key},
+            ).send()
+        except Exception as exc:
+            message.last_error = f"{type(exc).__name__}: {exc}"
+            if message.attempts >= OUTBOX_MAX_ATTEMPTS:
+                message.status = OutboxMessage.Status.FAILED
+                run = Run.objects.get(pk=message.run_id)
+                get_gate().open_escalation(
+                    run=run, step=message.step, reason=f"Delivery failed: {message.last_error}"
+                )
+            message.save(update_fields=["attempts", "last_error", "status"])
+            record(
+                tenant=message.tenant_id,
+                actor=Actor.system("outbox"),
+                action="outbox.failed",
+                obj=message,
+                run_id=message.run_id,
+                step_id=message.step_id,
+                data={"error": message.last_error, "attempts": message.attempts},
+            )
+            return message
+        message.status = OutboxMessage.Status.SENT
+        message.sent_at = timezone.now()
+        message.save(update_fields=["attempts", "status", "sent_at"])
+        record(
+            tenant=message.tenant_id,
+            actor=Actor.system("outbox"),
+            action="outbox.sent",
+            obj=message,
+            run_id=message.run_id,
+            step_id=message.step_id,
+            data={"channel": message.channel, "to": message.payload.get("to", "")},
+        )
+    return message
+
+
+def reap_expired_leases(*, now=None) -> int:
+    """Make steps whose worker vanished ready again, and re-ring stalled runs.
+
+    Returns how many runs were woken.
+    """
+    from desk.tasks import enqueue_advance, enqueue_outbox_delivery
+
+    now = now or timezone.now()
+    woken: set[int] = set()
+    expired = StepRun.objects.filter(status=StepRun.Status.RUNNING, lease_expires_at__lt=now)
+    for step_id in expired.values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            step = StepRun.objects.select_for_update().get(pk=step_id)
+            if step.status != StepRun.Status.RUNNING or step.lease_expires_at >= now:
+                continue
+            record(
+                tenant=step.tenant_id,
+                actor=Actor.system("reaper"),
+                action="step.lease_expired",
+                obj=step,
+                run_id=step.run_id,
+                step_id=step.pk,
+                data={"owner": step.lease_owner, "attempts": step.attempts},
+            )
+            step.status = StepRun.Status.READY
+            step.lease_owner = ""
+            step.lease_expires_at = None
+            step.save(update_fields=["status", "lease_owner", "lease_expires_at"])
+            enqueue_advance(step.run_id)
+            woken.add(step.run_id)
+    # A doorbell can be lost (the Redis broker drops in-flight tasks on a crash): re-ring runs
+    # that should be moving but have not changed for a while. advance_run is idempotent.
+    stalled = (
+        Run.objects.filter(
+            status__in=(Run.Status.QUEUED, Run.Status.RUNNING),
+            updated_at__lt=now - timedelta(seconds=STALL_SECONDS),
+        )
+        .exclude(steps__status=StepRun.Status.RUNNING)
+        .exclude(pk__in=woken)
+        .values_list("pk", flat=True)[:500]
+    )
+    with transaction.atomic():
+        for run_id in stalled:
+            enqueue_advance(run_id)
+            woken.add(run_id)
+        pending = OutboxMessage.objects.filter(
+            status=OutboxMessage.Status.PENDING,
+            created_at__lt=now - timedelta(seconds=STALL_SECONDS),
+        ).values_list("pk", flat=True)[:500]
+        for message_id in pending:
+            enqueue_outbox_delivery(message_id)
+    return len(woken)

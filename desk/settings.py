@@ -1,0 +1,172 @@
+"""AgentDesk settings, read from the environment (see README "Configuration")."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("DESK_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+DEBUG = env_bool("DESK_DEBUG", False)
+SECRET_KEY = os.environ.get("DESK_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and os.environ.get("DESK_REQUIRE_SECRET_KEY"):
+        raise RuntimeError("DESK_SECRET_KEY must be set")
+    # Development fallback; production sets DESK_SECRET_KEY (README "Production").
+    SECRET_KEY = "agentdesk-insecure-development-key"
+
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("DESK_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h
+]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DESK_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "guardian",
+    "simple_history",
+    "django_q",
+    "tenants",
+    "roles",
+    "desk.apps.DeskConfig",
+    "approvals",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "simple_history.middleware.HistoryRequestMiddleware",
+]
+
+ROOT_URLCONF = "desk.urls"
+WSGI_APPLICATION = "desk.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Persistent connections with health checks: django-q2's ORM broker otherwise reconnects
+# on every access and runs about ten times slower.
+CONN_MAX_AGE = int(os.environ.get("DESK_CONN_MAX_AGE", "600"))
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'agentdesk.sqlite3'}",
+        conn_max_age=CONN_MAX_AGE,
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # One writer at a time: wait for the lock instead of failing, and let readers run
+    # beside the writer (WAL), so the web server and the cluster share the file.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGIN_URL = "admin:login"
+
+EMAIL_BACKEND = os.environ.get(
+    "DESK_EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
+)
+EMAIL_FILE_PATH = VAR_DIR / "outbox-mail"
+DEFAULT_FROM_EMAIL = os.environ.get("DESK_FROM_EMAIL", "agentdesk@localhost")
+
+# --- AgentDesk -------------------------------------------------------------------------
+
+DESK_LLM_PROVIDER = os.environ.get("DESK_LLM_PROVIDER", "offline")
+OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+# How long a worker owns a step before the reaper may hand it to another worker.
+DESK_STEP_LEASE_SECONDS = int(os.environ.get("DESK_STEP_LEASE_SECONDS", "300"))
+# Attempts of one step (crashes and model failures both count) before it fails.
+DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
+# How desk asks for human approval; approvals implements it (desk must not import it).
+DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
+
+# --- django-q2 -------------------------------------------------------------------------
+
+DESK_TASK_TIMEOUT = int(os.environ.get("DESK_TASK_TIMEOUT", "600"))
+Q_CLUSTER = {
+    "name": "agentdesk",
+    "workers": int(os.environ.get("DESK_Q_WORKERS", "2")),
+    "timeout": DESK_TASK_TIMEOUT,
+    # Must exceed the longest task, or the ORM broker hands the task out again.
+    "retry": DESK_TASK_TIMEOUT + 60,
+    "max_attempts": 1,  # the step row's own attempt counter decides retries
+    "catch_up": False,
+    "save_limit": 1000,
+    "poll": float(os.environ.get("DESK_Q_POLL", "0.2")),
+    "label": "Task queue (platform staff)",
+}
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DESK_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Tools AI employees can call; roles list which of these each may use.
+DESK_TOOLS = {
+    "records.search": "desk.tools.records.RecordsSearch",
+    "records.get": "desk.tools.records.RecordsGet",
+    "email.send": "desk.tools.email.EmailSend",
+}

@@ -1,0 +1,35 @@
+"""django-q2 entry points: ids in, one service call each. Enqueue only after commit."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django_q.tasks import async_task
+
+from desk import engine, services
+
+
+def enqueue_advance(run_id: int) -> None:
+    """Ring the doorbell for a run once the current transaction commits."""
+    transaction.on_commit(
+        lambda: async_task("desk.tasks.advance_run", run_id=run_id, q_options={"group": "runs"})
+    )
+
+
+def enqueue_outbox_delivery(message_id: int) -> None:
+    transaction.on_commit(
+        lambda: async_task(
+            "desk.tasks.deliver_outbox", message_id=message_id, q_options={"group": "outbox"}
+        )
+    )
+
+
+def advance_run(*, run_id: int) -> None:
+    engine.advance_run(run_id=run_id)
+
+
+def deliver_outbox(*, message_id: int) -> None:
+    services.deliver_outbox_message(message_id=message_id)
+
+
+def reap_expired_leases() -> int:
+    return services.reap_expired_leases()

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from tenants.models import ClientRecord, Tenant
+from tenants.scoping import scope_to_tenant
+
+
+class ToolRefused(Exception):
+    """The call is not allowed (tool, data kind or record outside the role or tenant)."""
+
+    def __init__(self, message: str, *, data: dict | None = None):
+        super().__init__(message)
+        self.data = data or {}
+
+
+@dataclass
+class DataRead:
+    """Records a tool read, audited with the step's reason when the step is checkpointed."""
+
+    kind: str
+    references: list[str]
+    query: dict[str, Any]
+
+
+@dataclass
+class OutboxIntent:
+    """A side effect the checkpoint writes to the outbox, once per (run, step)."""
+
+    channel: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class ToolContext:
+    """What a tool may touch: one tenant's data, within the role's allowed data kinds."""
+
+    tenant: Tenant
+    run_id: int
+    step_id: int
+    idempotency_key: str
+    allowed_data_kinds: list[str]
+    reads: list[DataRead] = field(default_factory=list)
+    outbox: list[OutboxIntent] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+
+    def records(self, *, kind: str | None = None):
+        """The tenant's client records this role may read, optionally of one kind.
+
+        Raises ToolRefused for a kind the role may not read.
+        """
+        allowed = self.allowed_data_kinds
+        if kind is not None and allowed and kind not in allowed:
+            raise ToolRefused(
+                f"This role may not read '{kind}' records.",
+                data={"kind": kind, "allowed": allowed},
+            )
+        queryset = scope_to_tenant(ClientRecord.objects.all(), self.tenant)
+        if kind is not None:
+            queryset = queryset.filter(kind=kind)
+        elif allowed:
+            queryset = queryset.filter(kind__in=allowed)
+        return queryset
+
+
+class Tool:
+    """A callable capability. Subclasses set `name`, `required_args` and implement `run`."""
+
+    name = ""
+    description = ""
+    required_args: tuple[str, ...] = ()
+    has_side_effects = False
+
+    def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@cache
+def get_tool(name: str) -> Tool:
+    """The registered tool called `name`.
+
+    Raises ToolRefused for a name that is not registered.
+    """
+    try:
+        path = settings.DESK_TOOLS[name]
+    except KeyError:
+        raise ToolRefused(f"Unknown tool '{name}'.") from None
+    return import_string(path)()

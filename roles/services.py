@@ -1,0 +1,123 @@
+"""Writes to roles and their versions: create, draft, publish, activate (roll back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from audit.services import Actor, record
+from roles.models import Role, RoleVersion
+from roles.workflow import validate_definition, validate_json_schema
+from tenants.models import Tenant
+
+
+def create_role(
+    *,
+    tenant: Tenant,
+    slug: str,
+    name: str,
+    actor: Actor,
+    input_schema: dict | None = None,
+    **fields,
+) -> Role:
+    """Create a role (an AI employee's job description) in a tenant.
+
+    Raises ValidationError on invalid fields or input schema.
+    """
+    with transaction.atomic():
+        role = Role(tenant=tenant, slug=slug, name=name, input_schema=input_schema or {}, **fields)
+        validate_json_schema(role.input_schema, label="The input schema")
+        role.full_clean()
+        role.save()
+        record(tenant=tenant, actor=actor, action="role.created", obj=role)
+    return role
+
+
+def create_role_version(
+    *, role: Role, definition: dict[str, Any], actor: Actor, change_note: str = ""
+) -> RoleVersion:
+    """Save a new draft version of a role's workflow, numbered after the last one.
+
+    Raises ValidationError when the definition is invalid.
+    """
+    validate_definition(definition, allowed_tools=role.allowed_tools or None)
+    with transaction.atomic():
+        Role.objects.select_for_update().filter(pk=role.pk).first()
+        last = role.versions.aggregate(last=Max("number"))["last"] or 0
+        version = RoleVersion.objects.create(
+            role=role,
+            tenant_id=role.tenant_id,
+            number=last + 1,
+            definition=definition,
+            change_note=change_note,
+            created_by=actor.user,
+        )
+        record(
+            tenant=role.tenant_id,
+            actor=actor,
+            action="role_version.created",
+            obj=version,
+            data={"role": role.slug, "number": version.number, "change_note": change_note},
+        )
+    return version
+
+
+def publish_role_version(
+    *, version: RoleVersion, actor: Actor, activate: bool = True
+) -> RoleVersion:
+    """Freeze a draft version and (by default) make it the one new runs use.
+
+    Raises ValidationError when the version is already published or invalid.
+    """
+    with transaction.atomic():
+        version = RoleVersion.objects.select_for_update().get(pk=version.pk)
+        if version.is_published:
+            raise ValidationError("This version is already published.")
+        validate_definition(version.definition, allowed_tools=version.role.allowed_tools or None)
+        version.status = RoleVersion.Status.PUBLISHED
+        version.published_by = actor.user
+        version.published_at = timezone.now()
+        version.save(update_fields=["status", "published_by", "published_at"])
+        record(
+            tenant=version.tenant_id,
+            actor=actor,
+            action="role_version.published",
+            obj=version,
+            data={"role": version.role.slug, "number": version.number},
+        )
+        if activate:
+            activate_role_version(version=version, actor=actor)
+    return version
+
+
+def activate_role_version(*, version: RoleVersion, actor: Actor) -> Role:
+    """Make a published version the active one (also how a rollback is done).
+
+    Raises ValidationError for a draft version.
+    """
+    with transaction.atomic():
+        role = Role.objects.select_for_update().get(pk=version.role_id)
+        if not version.is_published:
+            raise ValidationError("Only a published version can be activated.")
+        previous = role.active_version
+        role.active_version = version
+        if role.canary_version_id == version.pk:
+            role.canary_version = None
+            role.canary_percent = 0
+        role.save()
+        record(
+            tenant=role.tenant_id,
+            actor=actor,
+            action="role_version.activated",
+            obj=version,
+            data={
+                "role": role.slug,
+                "number": version.number,
+                "previous_number": previous.number if previous else None,
+            },
+        )
+    return role

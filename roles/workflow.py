@@ -1,0 +1,212 @@
+"""Workflow definitions: validation on save, and sandboxed rendering at run time.
+
+A definition is JSON::
+
+    {"model": {"name": "...", "temperature": 0, "max_tokens": 800, ...},
+     "system": "You are ...",
+     "steps": [
+        {"key": "classify", "kind": "llm", "category": "internal",
+         "prompt": "Classify: {{ input.body }}", "output_schema": {...}},
+        {"key": "lookup", "kind": "tool", "category": "internal", "tool": "records.search",
+         "args": {"email": "{{ input.from_email }}"}, "reason": "Find the sender's records"},
+        {"key": "check", "kind": "review", "category": "internal", "instructions": "..."},
+     ]}
+
+Templates are Jinja in a sandbox: authored text is data, never code. A tool argument
+that is exactly one `{{ expression }}` keeps the expression's native type (a list of ids
+stays a list); any other text renders to a string.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils.module_loading import import_string
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+STEP_KINDS = ("llm", "tool", "review")
+CATEGORIES = (
+    "internal",
+    "data_access",
+    "client_comms",
+    "scope_commitment",
+    "financial",
+    "scheduling",
+)
+KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+SINGLE_EXPRESSION = re.compile(r"^\{\{(.*)\}\}$", re.DOTALL)
+MODEL_SETTINGS = {"name", "temperature", "max_tokens", "timeout_seconds", "max_attempts"}
+
+_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_validator_class = jsonschema.Draft202012Validator
+
+
+class RenderError(Exception):
+    """A template could not be rendered against the run's context."""
+
+
+def render_text(template: str, context: dict[str, Any]) -> str:
+    """Render authored text in the sandbox.
+
+    Raises RenderError when the template refers to something missing or forbidden.
+    """
+    try:
+        return _env.from_string(template).render(context)
+    except (UndefinedError, SecurityError, TemplateSyntaxError, TypeError, ValueError) as exc:
+        raise RenderError(str(exc)) from exc
+
+
+def render_value(value: Any, context: dict[str, Any]) -> Any:
+    """Render a tool argument: strings are templates, lists and objects are walked."""
+    if isinstance(value, str):
+        match = SINGLE_EXPRESSION.match(value.strip())
+        if match and "{{" not in match.group(1) and "}}" not in match.group(1):
+            try:
+                result = _env.compile_expression(match.group(1).strip(), undefined_to_none=False)(
+                    **context
+                )
+                if isinstance(result, StrictUndefined):
+                    str(result)  # raises UndefinedError with the missing name
+                return result
+            except (UndefinedError, SecurityError, TemplateSyntaxError, TypeError) as exc:
+                raise RenderError(str(exc)) from exc
+        return render_text(value, context)
+    if isinstance(value, list):
+        return [render_value(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: render_value(item, context) for key, item in value.items()}
+    return value
+
+
+def validate_json_schema(schema: Any, *, label: str) -> None:
+    """Raise ValidationError unless `schema` is a valid JSON Schema (Draft 2020-12)."""
+    if not isinstance(schema, dict):
+        raise ValidationError(f"{label} must be a JSON object (a JSON Schema).")
+    try:
+        _validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValidationError(f"{label} is not a valid JSON Schema: {exc.message}") from exc
+
+
+def schema_errors(schema: dict, instance: Any) -> list[dict[str, str]]:
+    """Every way `instance` fails `schema`, as [{"field", "message"}] (empty when valid)."""
+    validator = _validator_class(schema)
+    errors = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.path)):
+        field = ".".join(str(p) for p in error.path) or "(root)"
+        errors.append({"field": field, "message": error.message})
+    return errors
+
+
+def tool_registry() -> dict[str, str]:
+    return settings.DESK_TOOLS
+
+
+def _check_template(text: Any, *, where: str, errors: list[str]) -> None:
+    if not isinstance(text, str):
+        errors.append(f"{where} must be text.")
+        return
+    try:
+        _env.parse(text)
+    except TemplateSyntaxError as exc:
+        errors.append(f"{where} has a template error on line {exc.lineno}: {exc.message}")
+
+
+def _check_args(args: Any, *, where: str, errors: list[str]) -> None:
+    if isinstance(args, str):
+        _check_template(args, where=where, errors=errors)
+    elif isinstance(args, list):
+        for i, item in enumerate(args):
+            _check_args(item, where=f"{where}[{i}]", errors=errors)
+    elif isinstance(args, dict):
+        for name, item in args.items():
+            _check_args(item, where=f"{where}.{name}", errors=errors)
+
+
+def validate_definition(definition: Any, *, allowed_tools: list[str] | None = None) -> None:
+    """Check a workflow definition; raise ValidationError listing every problem found."""
+    errors: list[str] = []
+    if not isinstance(definition, dict):
+        raise ValidationError("The definition must be a JSON object with a 'steps' list.")
+    model = definition.get("model", {})
+    if not isinstance(model, dict):
+        errors.append("'model' must be an object.")
+    else:
+        unknown = set(model) - MODEL_SETTINGS
+        if unknown:
+            errors.append(f"'model' has unknown settings: {', '.join(sorted(unknown))}.")
+    if "system" in definition:
+        _check_template(definition["system"], where="'system'", errors=errors)
+    steps = definition.get("steps")
+    if not isinstance(steps, list) or not steps:
+        errors.append("'steps' must be a non-empty list.")
+        steps = []
+    seen: set[str] = set()
+    gated_candidates: set[str] = set()
+    tools = tool_registry()
+    for index, step in enumerate(steps, start=1):
+        where = f"Step {index}"
+        if not isinstance(step, dict):
+            errors.append(f"{where} must be an object.")
+            continue
+        key = step.get("key")
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            errors.append(f"{where} needs a 'key' of lowercase letters, digits and _.")
+        elif key in seen:
+            errors.append(f"{where}: the key '{key}' is used twice.")
+        else:
+            where = f"Step '{key}'"
+            seen.add(key)
+        kind = step.get("kind")
+        if kind not in STEP_KINDS:
+            errors.append(f"{where}: 'kind' must be one of {', '.join(STEP_KINDS)}.")
+        category = step.get("category")
+        if category not in CATEGORIES:
+            errors.append(f"{where}: 'category' must be one of {', '.join(CATEGORIES)}.")
+        covered_by = step.get("covered_by")
+        if covered_by is not None and covered_by not in gated_candidates:
+            errors.append(f"{where}: 'covered_by' must name an earlier llm or review step.")
+        if kind == "llm":
+            if "prompt" not in step:
+                errors.append(f"{where}: an llm step needs a 'prompt'.")
+            else:
+                _check_template(step["prompt"], where=f"{where} prompt", errors=errors)
+            if "output_schema" not in step:
+                errors.append(f"{where}: an llm step needs an 'output_schema'.")
+            else:
+                try:
+                    validate_json_schema(step["output_schema"], label=f"{where} output_schema")
+                except ValidationError as exc:
+                    errors.extend(exc.messages)
+        elif kind == "tool":
+            tool = step.get("tool")
+            if tool not in tools:
+                errors.append(
+                    f"{where}: unknown tool '{tool}'; known tools: {', '.join(sorted(tools))}."
+                )
+            else:
+                if allowed_tools is not None and tool not in allowed_tools:
+                    errors.append(f"{where}: the role is not allowed to use '{tool}'.")
+                args = step.get("args", {})
+                if not isinstance(args, dict):
+                    errors.append(f"{where}: 'args' must be an object.")
+                else:
+                    _check_args(args, where=f"{where} args", errors=errors)
+                    required = getattr(import_string(tools[tool]), "required_args", ())
+                    missing = [name for name in required if name not in args]
+                    if missing:
+                        errors.append(f"{where}: '{tool}' needs the args {', '.join(missing)}.")
+        elif kind == "review" and "instructions" in step:
+            _check_template(step["instructions"], where=f"{where} instructions", errors=errors)
+        if "reason" in step and not isinstance(step["reason"], str):
+            errors.append(f"{where}: 'reason' must be text.")
+        if isinstance(key, str) and kind in ("llm", "review"):
+            gated_candidates.add(key)
+    if errors:
+        raise ValidationError(errors)

@@ -1,0 +1,75 @@
+"""Shared fixtures. State is set up through the services, as a user would."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from audit.services import Actor
+from desk.demo import seed_demo
+from roles.models import Role
+from tenants.models import Tenant
+
+pytest_plugins = ["tests.fakes.conftest_plugin"]
+
+INTAKE_INPUT = {
+    "from_email": "maya.chen@example.com",
+    "subject": "Lease question",
+    "body": "Could we meet next week about the draft lease?",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip PostgreSQL-only tests when the suite runs on SQLite."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (run with DATABASE_URL=postgres://...)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def system_actor():
+    return Actor.system("tests")
+
+
+@pytest.fixture
+def demo(db):
+    """The demo tenants, users, roles, policies and records."""
+    seed_demo()
+
+
+@pytest.fixture
+def harbor(demo) -> Tenant:
+    return Tenant.objects.get(slug="harbor-legal")
+
+
+@pytest.fixture
+def northwind(demo) -> Tenant:
+    return Tenant.objects.get(slug="northwind-accounting")
+
+
+@pytest.fixture
+def users(demo):
+    User = get_user_model()
+    return {u.username: u for u in User.objects.all()}
+
+
+@pytest.fixture
+def intake_role(harbor) -> Role:
+    return Role.objects.get(tenant=harbor, slug="intake-coordinator")
+
+
+@pytest.fixture
+def superuser(db):
+    return get_user_model().objects.create_superuser(
+        "platform", "platform@example.com", "pw-platform-1"
+    )
+
+
+def on_postgres() -> bool:
+    return connection.vendor == "postgresql"
