@@ -58,6 +58,8 @@ def start_run(
     """
     from desk.tasks import enqueue_advance
 
+    # Read the role afresh: the version to pin is the one active now, not when `role` was loaded.
+    role = Role.objects.select_related("active_version", "canary_version").get(pk=role.pk)
     if role.tenant_id != tenant.pk:
         raise RunError("role_not_found", f"No role '{role.slug}' in tenant '{tenant.slug}'.")
     if not tenant.is_active:

@@ -37,10 +37,18 @@ def system_actor():
     return Actor.system("tests")
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Seed the demo once per session; each test's transaction rolls back to it."""
+    with django_db_blocker.unblock():
+        seed_demo()
+
+
 @pytest.fixture
 def demo(db):
-    """The demo tenants, users, roles, policies and records."""
-    seed_demo()
+    """The demo tenants, users, roles, policies and records (again after a flushing test)."""
+    if not Tenant.objects.filter(slug="harbor-legal").exists():
+        seed_demo()
 
 
 @pytest.fixture

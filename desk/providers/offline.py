@@ -38,12 +38,12 @@ def _pick(options: list[Any], prompt: str, seed: str) -> Any:
 
 
 def _text(name: str, prompt: str, facts: dict[str, str]) -> str:
-    if name in facts:
-        return facts[name]
     subject = facts.get("subject", "your enquiry")
     sender = facts.get("client_name") or facts.get("from_name") or "there"
     if name in {"subject", "title"}:
         return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    if name in facts:
+        return facts[name]
     if name == "summary":
         shown = [
             f"{k.replace('_', ' ')}: {v}" for k, v in facts.items() if k not in _NOT_SUMMARISED

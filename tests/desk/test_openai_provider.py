@@ -21,9 +21,6 @@ from desk.providers.openai import (
 )
 from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, example_from_schema
 
-# Lets this module run before tests/conftest.py registers the plugin; harmless afterwards.
-pytest_plugins = ["tests.fakes.conftest_plugin"]
-
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
