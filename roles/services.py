@@ -32,6 +32,7 @@ def create_role(
         role = Role(tenant=tenant, slug=slug, name=name, input_schema=input_schema or {}, **fields)
         validate_json_schema(role.input_schema, label="The input schema")
         role.full_clean()
+        role._history_user = actor.user
         role.save()
         record(tenant=tenant, actor=actor, action="role.created", obj=role)
     return role
@@ -48,7 +49,7 @@ def create_role_version(
     with transaction.atomic():
         Role.objects.select_for_update().filter(pk=role.pk).first()
         last = role.versions.aggregate(last=Max("number"))["last"] or 0
-        version = RoleVersion.objects.create(
+        version = RoleVersion(
             role=role,
             tenant_id=role.tenant_id,
             number=last + 1,
@@ -56,6 +57,8 @@ def create_role_version(
             change_note=change_note,
             created_by=actor.user,
         )
+        version._history_user = actor.user
+        version.save()
         record(
             tenant=role.tenant_id,
             actor=actor,
@@ -81,6 +84,7 @@ def publish_role_version(
         version.status = RoleVersion.Status.PUBLISHED
         version.published_by = actor.user
         version.published_at = timezone.now()
+        version._history_user = actor.user
         version.save(update_fields=["status", "published_by", "published_at"])
         record(
             tenant=version.tenant_id,
@@ -108,6 +112,7 @@ def activate_role_version(*, version: RoleVersion, actor: Actor) -> Role:
         if role.canary_version_id == version.pk:
             role.canary_version = None
             role.canary_percent = 0
+        role._history_user = actor.user
         role.save()
         record(
             tenant=role.tenant_id,

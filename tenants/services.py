@@ -29,6 +29,7 @@ def create_tenant(*, slug: str, name: str, actor: Actor, **settings) -> Tenant:
     with transaction.atomic():
         tenant = Tenant(slug=slug, name=name, **settings)
         tenant.full_clean()
+        tenant._history_user = actor.user
         tenant.save()
         record(tenant=tenant, actor=actor, action="tenant.created", obj=tenant)
     return tenant
@@ -37,7 +38,13 @@ def create_tenant(*, slug: str, name: str, actor: Actor, **settings) -> Tenant:
 def grant_membership(*, user, tenant: Tenant, kind: str, actor: Actor) -> Membership:
     """Give a user a kind of membership in a tenant (idempotent)."""
     with transaction.atomic():
-        membership, created = Membership.objects.get_or_create(user=user, tenant=tenant, kind=kind)
+        membership = Membership.objects.filter(user=user, tenant=tenant, kind=kind).first()
+        created = membership is None
+        if created:
+            membership = Membership(user=user, tenant=tenant, kind=kind)
+            membership.full_clean()
+            membership._history_user = actor.user
+            membership.save()
         sync_tenant_permissions(user=user, tenant=tenant)
         if created:
             record(
@@ -61,6 +68,7 @@ def revoke_membership(*, membership: Membership, actor: Actor) -> None:
             obj=membership,
             data={"user": user.get_username(), "kind": kind},
         )
+        membership._history_user = actor.user
         membership.delete()
         sync_tenant_permissions(user=user, tenant=tenant)
 
@@ -71,6 +79,7 @@ def change_membership_kind(*, membership: Membership, kind: str, actor: Actor) -
         old_kind = membership.kind
         membership.kind = kind
         membership.full_clean()
+        membership._history_user = actor.user
         membership.save(update_fields=["kind"])
         sync_tenant_permissions(user=membership.user, tenant=membership.tenant)
         record(

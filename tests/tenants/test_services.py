@@ -1,0 +1,77 @@
+from audit.models import AuditEvent
+from audit.services import Actor
+from tenants.models import Membership
+from tenants.permissions import (
+    can_audit_tenant,
+    can_operate_tenant,
+    can_review_tenant,
+    can_view_tenant,
+)
+from tenants.scoping import scope_to_user, tenants_for_user
+from tenants.services import change_membership_kind, grant_membership, revoke_membership
+
+
+def fresh(user):
+    """The same user without this request's permission cache."""
+    return type(user).objects.get(pk=user.pk)
+
+
+def test_membership_kinds_map_to_object_permissions(harbor, northwind, users):
+    reviewer = users["reviewer.harbor"]
+
+    assert can_review_tenant(reviewer, harbor)
+    assert can_view_tenant(reviewer, harbor)
+    assert not can_operate_tenant(reviewer, harbor)
+    assert not can_audit_tenant(reviewer, harbor)
+    assert not can_view_tenant(reviewer, northwind)
+    assert can_audit_tenant(users["auditor"], northwind)
+    assert not can_review_tenant(users["auditor"], northwind)
+
+
+def test_grant_change_and_revoke_are_audited_with_history(harbor, northwind, users):
+    ops = Actor.for_user(users["ops"])
+    reviewer = users["reviewer.harbor"]
+
+    membership = grant_membership(user=reviewer, tenant=northwind, kind="auditor", actor=ops)
+    membership_id = membership.pk
+    assert can_audit_tenant(fresh(reviewer), northwind)
+
+    change_membership_kind(membership=membership, kind="reviewer", actor=ops)
+    assert can_review_tenant(fresh(reviewer), northwind)
+    assert not can_audit_tenant(fresh(reviewer), northwind)
+
+    revoke_membership(membership=membership, actor=ops)
+    assert not can_view_tenant(fresh(reviewer), northwind)
+    assert list(
+        AuditEvent.objects.filter(tenant=northwind, action__startswith="membership.")
+        .order_by("-seq")
+        .values_list("action", flat=True)[:3]
+    ) == ["membership.revoked", "membership.changed", "membership.granted"]
+    history = Membership.history.filter(id=membership_id).order_by("history_date")
+    assert [h.history_type for h in history] == ["+", "~", "-"]
+    assert {h.history_user for h in history} == {users["ops"]}
+
+
+def test_granting_twice_changes_nothing(harbor, users):
+    before = AuditEvent.objects.count()
+
+    grant_membership(
+        user=users["reviewer.harbor"], tenant=harbor, kind="reviewer", actor=Actor.system()
+    )
+
+    assert AuditEvent.objects.count() == before
+
+
+def test_scoping_follows_memberships_not_model_permissions(harbor, northwind, users):
+    from django.contrib.auth.models import Permission
+
+    reviewer = users["reviewer.harbor"]
+    # A model-level grant must not widen what the reviewer sees.
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_tenant"))
+    reviewer = fresh(reviewer)
+
+    assert list(tenants_for_user(reviewer)) == [harbor]
+    assert not can_view_tenant(reviewer, northwind)
+    assert set(
+        scope_to_user(Membership.objects.all(), reviewer).values_list("tenant", flat=True)
+    ) == {harbor.pk}
