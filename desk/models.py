@@ -42,6 +42,9 @@ class Run(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     started_by_label = models.CharField(max_length=200)
+    api_key = models.ForeignKey(
+        "tenants.ApiKey", on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
     idempotency_key = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.PositiveBigIntegerField(default=0)

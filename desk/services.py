@@ -50,6 +50,7 @@ def start_run(
     actor: Actor,
     via: str,
     idempotency_key: str = "",
+    api_key=None,
 ) -> Run:
     """Validate the input, pin the role's version and queue a run.
 
@@ -83,6 +84,7 @@ def start_run(
                 started_by=actor.user,
                 started_by_label=actor.label,
                 idempotency_key=idempotency_key,
+                api_key=api_key,
             )
             StepRun.objects.bulk_create(
                 StepRun(
@@ -113,6 +115,36 @@ def start_run(
             ) from None
         raise
     return run
+
+
+def start_run_once(
+    *, tenant: Tenant, role: Role, idempotency_key: str, **kwargs
+) -> tuple[Run, bool]:
+    """Start a run unless this idempotency key already started the same one.
+
+    Returns (run, created). Raises RunError as start_run does, and with code
+    idempotency_conflict when the key was used for a different role or input.
+    """
+
+    def existing() -> Run | None:
+        run = Run.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+        if run is not None and (run.role_id != role.pk or run.input != kwargs.get("input")):
+            raise RunError(
+                "idempotency_conflict",
+                "This Idempotency-Key was already used with a different role or input.",
+            )
+        return run
+
+    run = existing()
+    if run is not None:
+        return run, False
+    try:
+        return start_run(tenant=tenant, role=role, idempotency_key=idempotency_key, **kwargs), True
+    except RunError as exc:
+        if exc.code != "idempotency_conflict":
+            raise
+        # Lost a race with the same key: the winner's run answers.
+        return existing(), False
 
 
 def cancel_run(*, run: Run, actor: Actor, reason: str) -> Run:

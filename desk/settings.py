@@ -170,3 +170,6 @@ DESK_TOOLS = {
     "records.get": "desk.tools.records.RecordsGet",
     "email.send": "desk.tools.email.EmailSend",
 }
+
+# Largest intake API request body.
+DESK_API_MAX_BODY_BYTES = int(os.environ.get("DESK_API_MAX_BODY_BYTES", str(64 * 1024)))

@@ -1,8 +1,22 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+
+from desk import api
+
+api_patterns = (
+    [
+        path("runs", api.runs_collection, name="runs"),
+        path("runs/<int:run_id>", api.run_detail, name="run-detail"),
+        path("roles", api.roles_list, name="roles"),
+        path("openapi.json", api.openapi_document, name="openapi"),
+        re_path(r"^(?P<path>.*)$", api.not_found, name="not-found"),
+    ],
+    "api",
+)
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api/v1/", include(api_patterns)),
 ]

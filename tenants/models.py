@@ -102,3 +102,53 @@ class ClientRecord(models.Model):
 
     def __str__(self):
         return f"{self.reference} · {self.name}"
+
+
+class ApiKey(models.Model):
+    """A tenant's bearer key for the intake API. Only a hash is stored; the key is shown once."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, help_text="Identifies the key in logs.")
+    key_hash = models.CharField(max_length=64)
+    role_slugs = models.JSONField(
+        default=list, blank=True, help_text="Roles this key may start; empty: every role."
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(default=120)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    history = HistoricalRecords(excluded_fields=["last_used_at", "key_hash"])
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def may_start(self, role_slug: str) -> bool:
+        return not self.role_slugs or role_slug in self.role_slugs
+
+
+class ApiRateWindow(models.Model):
+    """Requests made with one key in one minute: the per-key rate limit's counter."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "window_start"], name="ratewindow_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.api_key_id} @ {self.window_start:%H:%M}: {self.count}"

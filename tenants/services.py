@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.services import Actor, record
-from tenants.models import ClientRecord, Membership, Tenant
+from tenants.models import ApiKey, ApiRateWindow, ClientRecord, Membership, Tenant
 from tenants.permissions import KIND_PERMISSIONS, MANAGED_PERMISSIONS
 
 
@@ -103,3 +111,116 @@ def upsert_client_record(
             defaults={"kind": kind, "name": name, "email": email, "data": data or {}},
         )
     return record_obj
+
+
+KEY_PREFIX = "adk_"
+
+
+def _hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is safe; no stretching needed.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(
+    *,
+    tenant: Tenant,
+    name: str,
+    actor: Actor,
+    role_slugs: list[str] | None = None,
+    rate_limit_per_minute: int = 120,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never stored or shown again.
+
+    Raises ValidationError for an empty name or a role the tenant does not have.
+    """
+    role_slugs = sorted(set(role_slugs or []))
+    if not name.strip():
+        raise ValidationError("Give the key a name.")
+    unknown = set(role_slugs) - set(
+        tenant.roles.filter(slug__in=role_slugs).values_list("slug", flat=True)
+    )
+    if unknown:
+        raise ValidationError(f"No such role in {tenant.slug}: {', '.join(sorted(unknown))}.")
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        api_key = ApiKey(
+            tenant=tenant,
+            name=name.strip(),
+            prefix=prefix,
+            key_hash=_hash_key(key),
+            role_slugs=role_slugs,
+            rate_limit_per_minute=rate_limit_per_minute,
+            created_by=actor.user,
+        )
+        api_key._history_user = actor.user
+        api_key.save()
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="api_key.created",
+            obj=api_key,
+            data={"name": api_key.name, "prefix": prefix, "roles": role_slugs},
+        )
+    return api_key, key
+
+
+def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
+    """Stop a key from working (idempotent)."""
+    with transaction.atomic():
+        api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if api_key.revoked_at is None:
+            api_key.revoked_at = timezone.now()
+            api_key._history_user = actor.user
+            api_key.save(update_fields=["revoked_at"])
+            record(
+                tenant=api_key.tenant_id,
+                actor=actor,
+                action="api_key.revoked",
+                obj=api_key,
+                data={"prefix": api_key.prefix},
+            )
+    return api_key
+
+
+def authenticate_api_key(key: str) -> ApiKey | None:
+    """The active key matching `key`, or None. Marks it used."""
+    if not key.startswith(KEY_PREFIX) or key.count("_") < 2:
+        return None
+    prefix = key[len(KEY_PREFIX) :].split("_", 1)[0]
+    api_key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, _hash_key(key)):
+        return None
+    if not api_key.is_active:
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(seconds=60):
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key
+
+
+def count_api_request(*, api_key: ApiKey) -> tuple[bool, int]:
+    """Count one request in the key's current minute.
+
+    Returns (allowed, seconds until the window resets).
+    """
+    now = timezone.now()
+    window_start = now.replace(second=0, microsecond=0)
+    retry_after = 60 - now.second
+    with transaction.atomic():
+        updated = ApiRateWindow.objects.filter(api_key=api_key, window_start=window_start).update(
+            count=F("count") + 1
+        )
+        if not updated:
+            try:
+                with transaction.atomic():
+                    ApiRateWindow.objects.create(
+                        api_key=api_key, window_start=window_start, count=1
+                    )
+            except IntegrityError:
+                ApiRateWindow.objects.filter(api_key=api_key, window_start=window_start).update(
+                    count=F("count") + 1
+                )
+        count = ApiRateWindow.objects.get(api_key=api_key, window_start=window_start).count
+        ApiRateWindow.objects.filter(api_key=api_key, window_start__lt=window_start).delete()
+    return count <= api_key.rate_limit_per_minute, retry_after
