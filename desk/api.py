@@ -22,6 +22,7 @@ from desk.models import Run, StepRun
 from desk.openapi import OPENAPI
 from desk.services import RunError, start_run_once
 from roles.models import Role
+from tenants import rls
 from tenants.scoping import scope_to_tenant
 from tenants.services import authenticate_api_key, count_api_request
 
@@ -82,7 +83,8 @@ def api_endpoint(methods: tuple[str, ...]) -> Callable:
                         f"More than {api_key.rate_limit_per_minute} requests this minute.",
                         headers={"Retry-After": str(retry_after)},
                     )
-                return view(request, api_key, *args, **kwargs)
+                with rls.tenant_context(api_key.tenant_id):
+                    return view(request, api_key, *args, **kwargs)
             except ApiError as error:
                 return error_response(error)
 

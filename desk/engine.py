@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -26,6 +25,7 @@ from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ModelRequest, ProviderError, get_provider
 from desk.tools import ToolContext, ToolRefused, get_tool
 from roles.workflow import RenderError, render_text, render_value
+from tenants import rls
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +148,18 @@ def _is_covered(step_def: dict[str, Any], steps: list[StepRun]) -> bool:
     return any(s.key == covered_by and s.approved_payload is not None for s in steps)
 
 
-def lease_next_step(*, run_id: int, owner: str = WORKER_ID) -> Lease | None:
+def lease_next_step(
+    *, run_id: int, owner: str = WORKER_ID, tenant_id: int | None = None
+) -> Lease | None:
     """Take the run's next step for execution, or settle the run (done, parked, failed).
 
     Returns None when there is nothing to execute now.
     """
-    with transaction.atomic():
+    if tenant_id is None:
+        tenant_id = rls.tenant_of("desk_run", run_id)
+        if tenant_id is None:
+            return None
+    with rls.tenant_context(tenant_id):
         run = (
             Run.objects.select_for_update(of=("self",))
             .select_related("tenant", "role", "role_version")
@@ -319,7 +325,10 @@ def execute_tool(lease: Lease) -> Outcome:
     try:
         if allowed_tools and name not in allowed_tools:
             raise ToolRefused(f"This role may not use the tool '{name}'.", data={"tool": name})
-        output = get_tool(name).run(step.rendered["args"], ctx)
+        # A short read-only transaction scoped to the run's tenant: beneath the tool's own
+        # filters, row-level security keeps every other tenant's rows out of reach.
+        with rls.tenant_context(run.tenant_id):
+            output = get_tool(name).run(step.rendered["args"], ctx)
     except ToolRefused as exc:
         return Outcome(
             error=str(exc), error_code="refused", tool_ctx=ctx, refused=True, extra=exc.data
@@ -398,7 +407,7 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
     """
     from desk.tasks import enqueue_outbox_delivery
 
-    with transaction.atomic():
+    with rls.tenant_context(lease.run.tenant_id):
         run = (
             Run.objects.select_for_update(of=("self",))
             .select_related("tenant", "role", "role_version")
@@ -520,8 +529,11 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
 
 def advance_run(*, run_id: int, owner: str = WORKER_ID) -> None:
     """Execute the run's steps back to back until a gate, the end or an error."""
+    tenant_id = rls.tenant_of("desk_run", run_id)
+    if tenant_id is None:
+        return
     for _ in range(MAX_STEPS_PER_TASK):
-        lease = lease_next_step(run_id=run_id, owner=owner)
+        lease = lease_next_step(run_id=run_id, owner=owner, tenant_id=tenant_id)
         if lease is None:
             return
         if not checkpoint(lease, execute(lease)):

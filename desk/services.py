@@ -18,6 +18,7 @@ from desk.gates import get_gate
 from desk.models import OutboxMessage, Run, StepRun
 from roles.models import Role, RoleVersion
 from roles.workflow import schema_errors
+from tenants import rls
 from tenants.models import Tenant
 
 OUTBOX_MAX_ATTEMPTS = 5
@@ -272,7 +273,10 @@ def return_step_for_revision(*, step: StepRun, actor: Actor, feedback: str) -> R
 
 def deliver_outbox_message(*, message_id: int) -> OutboxMessage | None:
     """Deliver one outbox message unless it already went out."""
-    with transaction.atomic():
+    tenant_id = rls.tenant_of("desk_outboxmessage", message_id)
+    if tenant_id is None:
+        return None
+    with rls.tenant_context(tenant_id):
         message = OutboxMessage.objects.select_for_update().filter(pk=message_id).first()
         if message is None or message.status != OutboxMessage.Status.PENDING:
             return message
@@ -327,18 +331,24 @@ def reap_expired_leases(*, now=None) -> int:
 
     Returns how many runs were woken.
     """
+    now = now or timezone.now()
+    with rls.platform_context():
+        # Which tenants exist is all the reaper reads across tenants; the work is per tenant.
+        tenant_ids = list(Tenant.objects.values_list("pk", flat=True))
+    return sum(_reap_tenant(tenant_id=tenant_id, now=now) for tenant_id in tenant_ids)
+
+
+def _reap_tenant(*, tenant_id: int, now) -> int:
     from desk.tasks import enqueue_advance, enqueue_outbox_delivery
 
-    now = now or timezone.now()
     woken: set[int] = set()
-    expired = StepRun.objects.filter(status=StepRun.Status.RUNNING, lease_expires_at__lt=now)
-    for step_id in expired.values_list("pk", flat=True)[:500]:
-        with transaction.atomic():
-            step = StepRun.objects.select_for_update().get(pk=step_id)
-            if step.status != StepRun.Status.RUNNING or step.lease_expires_at >= now:
-                continue
+    with rls.tenant_context(tenant_id):
+        expired = StepRun.objects.filter(
+            tenant_id=tenant_id, status=StepRun.Status.RUNNING, lease_expires_at__lt=now
+        )
+        for step in expired.select_for_update(skip_locked=True)[:500]:
             record(
-                tenant=step.tenant_id,
+                tenant=tenant_id,
                 actor=Actor.system("reaper"),
                 action="step.lease_expired",
                 obj=step,
@@ -352,22 +362,24 @@ def reap_expired_leases(*, now=None) -> int:
             step.save(update_fields=["status", "lease_owner", "lease_expires_at"])
             enqueue_advance(step.run_id)
             woken.add(step.run_id)
-    # A doorbell can be lost (the Redis broker drops in-flight tasks on a crash): re-ring runs
-    # that should be moving but have not changed for a while. advance_run is idempotent.
-    stalled = (
-        Run.objects.filter(
-            status__in=(Run.Status.QUEUED, Run.Status.RUNNING),
-            updated_at__lt=now - timedelta(seconds=STALL_SECONDS),
+        # A doorbell can be lost (the Redis broker drops in-flight tasks on a crash):
+        # re-ring runs that should be moving but have not changed for a while.
+        # advance_run is idempotent, so a needless ring costs one lookup.
+        stalled = (
+            Run.objects.filter(
+                tenant_id=tenant_id,
+                status__in=(Run.Status.QUEUED, Run.Status.RUNNING),
+                updated_at__lt=now - timedelta(seconds=STALL_SECONDS),
+            )
+            .exclude(steps__status=StepRun.Status.RUNNING)
+            .exclude(pk__in=woken)
+            .values_list("pk", flat=True)[:500]
         )
-        .exclude(steps__status=StepRun.Status.RUNNING)
-        .exclude(pk__in=woken)
-        .values_list("pk", flat=True)[:500]
-    )
-    with transaction.atomic():
         for run_id in stalled:
             enqueue_advance(run_id)
             woken.add(run_id)
         pending = OutboxMessage.objects.filter(
+            tenant_id=tenant_id,
             status=OutboxMessage.Status.PENDING,
             created_at__lt=now - timedelta(seconds=STALL_SECONDS),
         ).values_list("pk", flat=True)[:500]

@@ -14,6 +14,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.services import Actor, record
+from tenants import rls
 from tenants.models import ApiKey, ApiRateWindow, ClientRecord, Membership, Tenant
 from tenants.permissions import KIND_PERMISSIONS, MANAGED_PERMISSIONS
 
@@ -188,14 +189,16 @@ def authenticate_api_key(key: str) -> ApiKey | None:
     if not key.startswith(KEY_PREFIX) or key.count("_") < 2:
         return None
     prefix = key[len(KEY_PREFIX) :].split("_", 1)[0]
-    api_key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    with rls.lookup_context(api_key_prefix=prefix):
+        api_key = ApiKey.objects.filter(prefix=prefix).first()
     if api_key is None or not hmac.compare_digest(api_key.key_hash, _hash_key(key)):
         return None
     if not api_key.is_active:
         return None
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(seconds=60):
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        with rls.tenant_context(api_key.tenant_id):
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key
 
 
@@ -207,7 +210,7 @@ def count_api_request(*, api_key: ApiKey) -> tuple[bool, int]:
     now = timezone.now()
     window_start = now.replace(second=0, microsecond=0)
     retry_after = 60 - now.second
-    with transaction.atomic():
+    with rls.tenant_context(api_key.tenant_id):
         updated = ApiRateWindow.objects.filter(api_key=api_key, window_start=window_start).update(
             count=F("count") + 1
         )
