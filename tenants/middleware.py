@@ -1,9 +1,13 @@
 from tenants import rls
-from tenants.scoping import member_tenant_ids
+from tenants.scoping import break_glass_grants, member_tenant_ids
+from tenants.services import record_break_glass_view
+
+UNAUDITED_PREFIXES = ("/static/", "/admin/jsi18n/", "/favicon.ico")
 
 
 class TenantContextMiddleware:
-    """Run each admin request in a transaction that sees only the user's tenants.
+    """Run each admin request in a transaction that sees only the user's tenants, and audit
+    every page a platform-staff member views under break-glass access.
 
     The intake API sets its own context from the bearer key (desk.api).
     """
@@ -20,5 +24,13 @@ class TenantContextMiddleware:
                 return self.get_response(request)
         with rls.lookup_context(user_id=user.pk):
             tenant_ids = member_tenant_ids(user)
+            grants = break_glass_grants(user)
         with rls.tenant_context(tenant_ids, user_id=user.pk):
+            if grants and not request.path.startswith(UNAUDITED_PREFIXES):
+                record_break_glass_view(
+                    user=user,
+                    grant_ids=list(grants.values()),
+                    method=request.method,
+                    path=request.get_full_path(),
+                )
             return self.get_response(request)

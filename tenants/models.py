@@ -152,3 +152,45 @@ class ApiRateWindow(models.Model):
 
     def __str__(self):
         return f"{self.api_key_id} @ {self.window_start:%H:%M}: {self.count}"
+
+
+class PlatformStaff(models.Model):
+    """People who run AgentDesk itself. The flag alone shows no tenant's data: for that they
+    open a break-glass grant, with a reason, which audits every page they view."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="platform_staff"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "platform staff"
+
+    def __str__(self):
+        return str(self.user)
+
+
+class BreakGlassGrant(models.Model):
+    """Time-boxed, read-only access of one platform-staff member to one tenant."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glass_grants"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    reason = models.TextField()
+    started_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "expires_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("started_at")),
+                name="breakglass_expires_after_start",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user} → {self.tenant} until {self.expires_at:%Y-%m-%d %H:%M}"

@@ -31,6 +31,7 @@ TENANT_TABLES = [
     ("tenants_clientrecord", "tenant_id"),
     ("tenants_apikey", "tenant_id"),
     ("tenants_historicalapikey", "tenant_id"),
+    ("tenants_breakglassgrant", "tenant_id"),
     ("roles_role", "tenant_id"),
     ("roles_historicalrole", "tenant_id"),
     ("roles_roleversion", "tenant_id"),
@@ -51,6 +52,7 @@ TENANT_TABLES = [
 EXTRA_VISIBILITY = {
     "tenants_membership": "user_id = agentdesk_user_id()",
     "tenants_apikey": "prefix = current_setting('agentdesk.api_key_prefix', true)",
+    "tenants_breakglassgrant": "user_id = agentdesk_user_id()",
 }
 
 
@@ -216,21 +218,25 @@ CREATE POLICY platform_access ON {table} TO {PLATFORM_ROLE} USING (true) WITH CH
 """
 
 
-def enable_sql() -> str:
+def enable_sql(existing_tables: set[str]) -> str:
+    """Roles, functions, grants and policies; idempotent. Tables a later migration creates
+    are skipped here and covered by that migration running this again."""
     return "\n".join(
         [
             ROLES_SQL,
             FUNCTIONS_SQL,
             grants_sql(),
-            *(policy_sql(t, c) for t, c in TENANT_TABLES),
-            rate_window_policy_sql(),
+            *(policy_sql(t, c) for t, c in TENANT_TABLES if t in existing_tables),
+            rate_window_policy_sql() if "tenants_apiratewindow" in existing_tables else "",
         ]
     )
 
 
-def disable_sql() -> str:
+def disable_sql(existing_tables: set[str]) -> str:
     statements = []
     for table, _ in [*TENANT_TABLES, ("tenants_apiratewindow", "")]:
+        if table not in existing_tables:
+            continue
         statements.append(
             f"DROP POLICY IF EXISTS tenant_isolation ON {table};"
             f"DROP POLICY IF EXISTS platform_access ON {table};"

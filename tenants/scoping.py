@@ -1,14 +1,18 @@
 """Tenant-scoping helpers: every tenant-scoped query starts here.
 
-A queryset is narrowed to the tenants a user belongs to (through Membership rows, never
-through model-level permissions) or to one tenant that has already been checked.
+A queryset is narrowed to the tenants a user belongs to (Membership rows, never
+model-level permissions, and never the superuser flag) or to one tenant already checked.
+Platform staff reach a tenant only through an open break-glass grant, read-only.
 """
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from tenants.models import Membership, Tenant
+from tenants.models import BreakGlassGrant, Membership, PlatformStaff, Tenant
+
+READ_ONLY_KINDS = (Membership.Kind.AUDITOR,)
 
 
 def request_cache(user) -> dict:
@@ -20,29 +24,53 @@ def request_cache(user) -> dict:
     return cache
 
 
+def _is_active_user(user) -> bool:
+    return bool(user and user.is_authenticated and user.is_active)
+
+
 def is_platform_staff(user) -> bool:
-    """Superusers run the platform itself and see every tenant."""
-    return bool(user and user.is_active and user.is_superuser)
+    """Flagged platform staff: the task-queue admin and break-glass access, no tenant data."""
+    if not _is_active_user(user):
+        return False
+    cache = request_cache(user)
+    if "platform_staff" not in cache:
+        cache["platform_staff"] = PlatformStaff.objects.filter(user=user).exists()
+    return cache["platform_staff"]
+
+
+def break_glass_grants(user) -> dict[int, int]:
+    """{tenant id: grant id} of the user's open break-glass grants."""
+    if not is_platform_staff(user):
+        return {}
+    cache = request_cache(user)
+    if "break_glass" not in cache:
+        now = timezone.now()
+        grants = BreakGlassGrant.objects.filter(
+            user=user, ended_at__isnull=True, started_at__lte=now, expires_at__gt=now
+        ).values_list("tenant_id", "pk")
+        cache["break_glass"] = dict(grants)
+    return cache["break_glass"]
 
 
 def member_tenant_ids(user, *, kinds: tuple[str, ...] | None = None) -> set[int]:
-    """Ids of the tenants the user is a member of (optionally with one of `kinds`)."""
-    if not user or not user.is_authenticated or not user.is_active:
+    """Ids of the tenants the user may see (optionally: as one of `kinds`)."""
+    if not _is_active_user(user):
         return set()
-    cache_key = ("tenant_ids", kinds)
     cache = request_cache(user)
-    if cache_key not in cache:
+    key = ("tenant_ids", kinds)
+    if key not in cache:
         memberships = Membership.objects.filter(user=user)
         if kinds:
             memberships = memberships.filter(kind__in=kinds)
-        cache[cache_key] = set(memberships.values_list("tenant_id", flat=True))
-    return cache[cache_key]
+        ids = set(memberships.values_list("tenant_id", flat=True))
+        if kinds is None or set(kinds) & set(READ_ONLY_KINDS):
+            ids |= set(break_glass_grants(user))
+        cache[key] = ids
+    return cache[key]
 
 
 def tenants_for_user(user, *, kinds: tuple[str, ...] | None = None) -> QuerySet[Tenant]:
-    """The tenants a user may see; platform staff see all."""
-    if is_platform_staff(user):
-        return Tenant.objects.all()
+    """The tenants a user may see."""
     return Tenant.objects.filter(id__in=member_tenant_ids(user, kinds=kinds))
 
 
@@ -50,8 +78,6 @@ def scope_to_user(
     queryset: QuerySet, user, *, tenant_field: str = "tenant", kinds: tuple[str, ...] | None = None
 ) -> QuerySet:
     """Narrow any tenant-scoped queryset to the user's tenants."""
-    if is_platform_staff(user):
-        return queryset
     return queryset.filter(**{f"{tenant_field}__in": member_tenant_ids(user, kinds=kinds)})
 
 

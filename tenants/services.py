@@ -7,7 +7,7 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -15,7 +15,15 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.services import Actor, record
 from tenants import rls
-from tenants.models import ApiKey, ApiRateWindow, ClientRecord, Membership, Tenant
+from tenants.models import (
+    ApiKey,
+    ApiRateWindow,
+    BreakGlassGrant,
+    ClientRecord,
+    Membership,
+    PlatformStaff,
+    Tenant,
+)
 from tenants.permissions import KIND_PERMISSIONS, MANAGED_PERMISSIONS
 
 
@@ -227,3 +235,86 @@ def count_api_request(*, api_key: ApiKey) -> tuple[bool, int]:
         count = ApiRateWindow.objects.get(api_key=api_key, window_start=window_start).count
         ApiRateWindow.objects.filter(api_key=api_key, window_start__lt=window_start).delete()
     return count <= api_key.rate_limit_per_minute, retry_after
+
+
+def grant_platform_staff(*, user, actor: Actor, note: str = "") -> PlatformStaff:
+    """Flag a user as platform staff (idempotent). It shows no tenant data by itself."""
+    with rls.platform_context():
+        staff, created = PlatformStaff.objects.get_or_create(user=user, defaults={"note": note})
+        if created:
+            record(
+                tenant=None,
+                actor=actor,
+                action="platform_staff.granted",
+                obj=staff,
+                data={"user": user.get_username(), "note": note},
+            )
+    return staff
+
+
+def open_break_glass(*, user, tenant: Tenant, reason: str, minutes: int = 60) -> BreakGlassGrant:
+    """Give a platform-staff member read access to one tenant for a while, with a reason.
+
+    Raises PermissionDenied for a user who is not platform staff, ValidationError for a
+    missing reason or a duration outside 5 minutes to 8 hours.
+    """
+    reason = (reason or "").strip()
+    if len(reason) < 10:
+        raise ValidationError("Say why you need access (at least 10 characters).")
+    if not 5 <= minutes <= 480:
+        raise ValidationError("Access lasts from 5 minutes to 8 hours.")
+    actor = Actor.for_user(user)
+    with rls.platform_context():
+        if not PlatformStaff.objects.filter(user=user).exists():
+            raise PermissionDenied("Only platform staff may open break-glass access.")
+        now = timezone.now()
+        grant = BreakGlassGrant.objects.create(
+            user=user,
+            tenant=tenant,
+            reason=reason,
+            started_at=now,
+            expires_at=now + timedelta(minutes=minutes),
+        )
+        data = {"user": user.get_username(), "tenant": tenant.slug, "minutes": minutes}
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="break_glass.opened",
+            obj=grant,
+            reason=reason,
+            data=data,
+        )
+        record(
+            tenant=None,
+            actor=actor,
+            action="break_glass.opened",
+            obj=grant,
+            reason=reason,
+            data=data,
+        )
+    return grant
+
+
+def close_break_glass(*, grant: BreakGlassGrant, actor: Actor) -> BreakGlassGrant:
+    """End break-glass access before it expires (idempotent)."""
+    with rls.platform_context():
+        grant = BreakGlassGrant.objects.select_for_update().get(pk=grant.pk)
+        now = timezone.now()
+        if grant.ended_at is None and grant.expires_at > now:
+            grant.ended_at = now
+            grant.save(update_fields=["ended_at"])
+            record(tenant=grant.tenant_id, actor=actor, action="break_glass.closed", obj=grant)
+    return grant
+
+
+def record_break_glass_view(*, user, grant_ids: list[int], method: str, path: str) -> None:
+    """Audit one page a platform-staff member viewed under break-glass access."""
+    for grant in BreakGlassGrant.objects.filter(pk__in=grant_ids):
+        record(
+            tenant=grant.tenant_id,
+            actor=Actor.for_user(user),
+            action="break_glass.viewed",
+            obj=grant,
+            reason=grant.reason,
+            data={"method": method, "path": path[:500]},
+        )
