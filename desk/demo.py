@@ -6,12 +6,12 @@ Idempotent: running it again changes nothing that already exists.
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 
 from approvals.models import ApprovalPolicy
-from audit.services import Actor
+from audit.services import Actor, record
 from roles.models import Role
 from roles.services import create_role, create_role_version, publish_role_version
+from tenants import rls
 from tenants.models import Membership, Tenant
 from tenants.services import create_tenant, grant_membership, upsert_client_record
 
@@ -337,7 +337,8 @@ def seed_demo(*, stdout=None) -> dict[str, int]:
     created = {"tenants": 0, "users": 0, "roles": 0, "records": 0, "policies": 0}
     system = Actor.system("seed_demo")
     User = get_user_model()
-    with transaction.atomic():
+    # Seeding writes to several tenants at once: the platform role, and an audit entry saying so.
+    with rls.platform_context():
         tenants = {}
         for slug, name in TENANTS:
             tenant = Tenant.objects.filter(slug=slug).first()
@@ -417,4 +418,6 @@ def seed_demo(*, stdout=None) -> dict[str, int]:
                     },
                 )
                 created["policies"] += was_created
+        if any(created.values()):
+            record(tenant=None, actor=system, action="platform.seed_demo", data=created)
     return created
