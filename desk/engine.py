@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.services import Actor, record
+from desk import services
 from desk.gates import GateRule, get_gate
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ModelRequest, ProviderError, get_provider
@@ -97,6 +98,7 @@ def _finish_run(run: Run, status: str, *, error: str = "", action: str) -> None:
     run.finished_at = now
     run.error = error
     run.save(update_fields=["status", "finished_at", "error", "updated_at"])
+    services.admit_runs(tenant_id=run.tenant_id)
     record(
         tenant=run.tenant_id,
         actor=Actor.system("engine"),
@@ -115,6 +117,7 @@ def _park(run: Run, step: StepRun, *, rule, proposal: dict[str, Any]) -> None:
     run.status = Run.Status.WAITING_APPROVAL
     run.save(update_fields=["status", "updated_at"])
     get_gate().open_request(run=run, step=step, proposal=proposal, rule=rule)
+    services.admit_runs(tenant_id=run.tenant_id)  # a parked run frees its slot
 
 
 def _fail_step(run: Run, step: StepRun, *, error: str, actor: Actor) -> None:
@@ -166,8 +169,8 @@ def lease_next_step(
             .filter(pk=run_id)
             .first()
         )
-        if run is None or run.status not in (Run.Status.QUEUED, Run.Status.RUNNING):
-            return None
+        if run is None or run.status != Run.Status.RUNNING:
+            return None  # not admitted yet, parked, or over
         steps = list(run.steps.select_for_update().order_by("index"))
         step = next((s for s in steps if s.status != StepRun.Status.COMPLETED), None)
         if step is None:
@@ -194,10 +197,6 @@ def lease_next_step(
                 actor=Actor.system("engine"),
             )
             return None
-        if run.status == Run.Status.QUEUED:
-            run.status = Run.Status.RUNNING
-            run.started_at = now
-            run.save(update_fields=["status", "started_at", "updated_at"])
         context = build_context(run, steps)
         gate = get_gate()
         rule = None

@@ -58,8 +58,6 @@ def start_run(
     Raises RunError (codes: tenant_inactive, role_not_found, no_active_version,
     invalid_input, idempotency_conflict).
     """
-    from desk.tasks import enqueue_advance
-
     # Read the role afresh: the version to pin is the one active now, not when `role` was loaded.
     role = Role.objects.select_related("active_version", "canary_version").get(pk=role.pk)
     if role.tenant_id != tenant.pk:
@@ -95,7 +93,6 @@ def start_run(
                     key=step["key"],
                     kind=step["kind"],
                     category=step["category"],
-                    status=StepRun.Status.READY if index == 0 else StepRun.Status.PENDING,
                     idempotency_key=f"run-{run.pk}-step-{step['key']}",
                 )
                 for index, step in enumerate(version.steps)
@@ -108,7 +105,7 @@ def start_run(
                 run_id=run.pk,
                 data={"role": role.slug, "version": version.number, "via": via, "input": input},
             )
-            enqueue_advance(run.pk)
+            admit_runs(tenant_id=tenant.pk)
     except IntegrityError:
         if idempotency_key:
             raise RunError(
@@ -116,6 +113,41 @@ def start_run(
             ) from None
         raise
     return run
+
+
+def admit_runs(*, tenant_id: int) -> list[int]:
+    """Start queued runs of a tenant, oldest first, while it has free capacity.
+
+    Parked runs hold no capacity; runs resumed after a decision go on without waiting.
+    Returns the ids of the runs admitted (their doorbells ring after commit).
+    """
+    from desk.tasks import enqueue_advance
+
+    with rls.tenant_context(tenant_id):
+        tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+        if not tenant.is_active:
+            return []
+        running = Run.objects.filter(tenant_id=tenant_id, status=Run.Status.RUNNING).count()
+        free = tenant.max_concurrent_runs - running
+        if free <= 0:
+            return []
+        admitted = list(
+            Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
+            .order_by("created_at", "pk")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:free]
+        )
+        if admitted:
+            now = timezone.now()
+            Run.objects.filter(pk__in=admitted).update(
+                status=Run.Status.RUNNING, started_at=now, updated_at=now
+            )
+            StepRun.objects.filter(
+                run_id__in=admitted, index=0, status=StepRun.Status.PENDING
+            ).update(status=StepRun.Status.READY)
+            for run_id in admitted:
+                enqueue_advance(run_id)
+    return admitted
 
 
 def start_run_once(
@@ -165,6 +197,7 @@ def cancel_run(*, run: Run, actor: Actor, reason: str) -> Run:
         run.error = reason
         run.save(update_fields=["status", "finished_at", "error", "updated_at"])
         get_gate().cancel_open(run=run, reason=reason)
+        admit_runs(tenant_id=run.tenant_id)
         record(
             tenant=run.tenant_id,
             actor=actor,
@@ -228,6 +261,7 @@ def reject_parked_step(*, step: StepRun, actor: Actor, reason: str) -> Run:
     run.error = reason
     run.finished_at = now
     run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    admit_runs(tenant_id=run.tenant_id)
     record(
         tenant=run.tenant_id,
         actor=actor,
@@ -335,7 +369,12 @@ def reap_expired_leases(*, now=None) -> int:
     with rls.platform_context():
         # Which tenants exist is all the reaper reads across tenants; the work is per tenant.
         tenant_ids = list(Tenant.objects.values_list("pk", flat=True))
-    return sum(_reap_tenant(tenant_id=tenant_id, now=now) for tenant_id in tenant_ids)
+    woken = 0
+    for tenant_id in tenant_ids:
+        woken += _reap_tenant(tenant_id=tenant_id, now=now)
+        with transaction.atomic():
+            woken += len(admit_runs(tenant_id=tenant_id))
+    return woken
 
 
 def _reap_tenant(*, tenant_id: int, now) -> int:

@@ -174,3 +174,9 @@ DESK_TOOLS = {
 
 # Largest intake API request body.
 DESK_API_MAX_BODY_BYTES = int(os.environ.get("DESK_API_MAX_BODY_BYTES", str(64 * 1024)))
+
+# One worker task keeps up to this many runs moving at once (model calls are awaited, not
+# blocked on), bounded per process and per tenant.
+DESK_WORKER_BATCH = int(os.environ.get("DESK_WORKER_BATCH", "64"))
+DESK_MODEL_CONCURRENCY = int(os.environ.get("DESK_MODEL_CONCURRENCY", "128"))
+DESK_TENANT_MODEL_CONCURRENCY = int(os.environ.get("DESK_TENANT_MODEL_CONCURRENCY", "32"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django_q.tasks import async_task
 
-from desk import engine, services
+from desk import services, worker
 
 
 def enqueue_advance(run_id: int) -> None:
@@ -23,8 +23,8 @@ def enqueue_outbox_delivery(message_id: int) -> None:
     )
 
 
-def advance_run(*, run_id: int) -> None:
-    engine.advance_run(run_id=run_id)
+def advance_run(*, run_id: int) -> dict[str, int]:
+    return worker.work(run_id=run_id)
 
 
 def deliver_outbox(*, message_id: int) -> None:

@@ -22,7 +22,9 @@ def get_provider() -> Provider:
             from desk.providers.openai import OpenAIProvider
 
             _providers[key] = OpenAIProvider(
-                base_url=settings.OPENAI_BASE_URL, api_key=settings.OPENAI_API_KEY
+                base_url=settings.OPENAI_BASE_URL,
+                api_key=settings.OPENAI_API_KEY,
+                max_connections=settings.DESK_MODEL_CONCURRENCY,
             )
         else:
             raise ProviderError(f"Unknown DESK_LLM_PROVIDER '{name}' (use offline or openai).")

@@ -248,6 +248,7 @@ class OpenAIProvider(Provider):
         sleep: Callable[[float], object] = time.sleep,
         async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         jitter: Callable[[float], float] = default_jitter,
+        max_connections: int = 100,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
@@ -262,6 +263,9 @@ class OpenAIProvider(Provider):
         self._client_lock = threading.Lock()
         self._async_client = async_client
         self._owns_async_client = async_client is None
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         # An owned AsyncClient's connections belong to one event loop; remember which.
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -365,14 +369,14 @@ class OpenAIProvider(Provider):
     def _sync_client(self) -> httpx.Client:
         with self._client_lock:
             if self._client is None:
-                self._client = httpx.Client()
+                self._client = httpx.Client(limits=self._limits)
             return self._client
 
     def _get_async_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._owns_async_client and (self._async_client is None or self._async_loop is not loop):
             # A client from a previous (now finished) loop cannot be reused or closed here.
-            self._async_client = httpx.AsyncClient()
+            self._async_client = httpx.AsyncClient(limits=self._limits)
             self._async_loop = loop
         assert self._async_client is not None
         return self._async_client

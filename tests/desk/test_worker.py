@@ -1,0 +1,130 @@
+"""The batch worker and admission: many runs in flight, capacity and fairness per tenant."""
+
+from audit.services import Actor
+from desk import engine, worker
+from desk.models import Run, StepRun
+from desk.services import start_run
+from roles.models import Role
+from tests.conftest import INTAKE_INPUT
+
+
+def start(tenant, role, n):
+    return [
+        start_run(
+            tenant=tenant,
+            role=role,
+            input={**INTAKE_INPUT, "subject": f"Enquiry {i}"},
+            actor=Actor.system("t"),
+            via="api",
+        )
+        for i in range(n)
+    ]
+
+
+def statuses(runs):
+    return [Run.objects.get(pk=r.pk).status for r in runs]
+
+
+class TestAdmission:
+    def test_runs_beyond_capacity_wait_in_the_queue(self, harbor, intake_role):
+        harbor.max_concurrent_runs = 2
+        harbor.save()
+
+        runs = start(harbor, intake_role, 3)
+
+        assert statuses(runs) == ["running", "running", "queued"]
+        assert runs[2].steps.get(index=0).status == StepRun.Status.PENDING
+        assert engine.lease_next_step(run_id=runs[2].pk) is None
+
+    def test_a_parked_run_frees_its_slot_for_the_next(self, harbor, intake_role):
+        harbor.max_concurrent_runs = 1
+        harbor.save()
+        first, second = start(harbor, intake_role, 2)
+
+        engine.advance_run(run_id=first.pk)
+
+        assert statuses([first, second]) == ["waiting_approval", "running"]
+
+    def test_one_tenants_flood_leaves_the_others_capacity_alone(
+        self, harbor, northwind, intake_role
+    ):
+        harbor.max_concurrent_runs = 2
+        harbor.save()
+        start(harbor, intake_role, 6)
+        northwind_role = Role.objects.get(tenant=northwind, slug="intake-coordinator")
+
+        [theirs] = start(northwind, northwind_role, 1)
+
+        assert Run.objects.get(pk=theirs.pk).status == Run.Status.RUNNING
+
+
+class TestBatchWorker:
+    def test_one_task_takes_every_ready_run_to_its_gate(self, harbor, intake_role):
+        runs = start(harbor, intake_role, 5)
+
+        result = worker.work(run_id=runs[0].pk)
+
+        assert statuses(runs) == ["waiting_approval"] * 5
+        assert result["steps"] == 5 * 3  # classify, lookup, draft for each
+
+    def test_model_calls_of_many_runs_are_in_flight_together(
+        self, harbor, intake_role, fake_openai, settings
+    ):
+        settings.DESK_LLM_PROVIDER = "openai"
+        settings.OPENAI_BASE_URL = fake_openai.base_url
+        harbor.max_concurrent_runs = 50
+        harbor.save()
+        fake_openai.latency = 0.3
+        runs = start(harbor, intake_role, 20)
+
+        result = worker.work()
+
+        assert statuses(runs) == ["waiting_approval"] * 20
+        assert fake_openai.peak_in_flight >= 15
+        assert result["peak_model_calls"] >= 15
+
+    def test_the_per_tenant_bound_caps_calls_in_flight(
+        self, harbor, intake_role, fake_openai, settings
+    ):
+        settings.DESK_LLM_PROVIDER = "openai"
+        settings.OPENAI_BASE_URL = fake_openai.base_url
+        settings.DESK_TENANT_MODEL_CONCURRENCY = 3
+        harbor.max_concurrent_runs = 50
+        harbor.save()
+        fake_openai.latency = 0.2
+        start(harbor, intake_role, 10)
+
+        worker.work()
+
+        assert fake_openai.peak_in_flight == 3
+
+
+class TestFairOrder:
+    def test_ready_work_is_interleaved_across_tenants(self, harbor, northwind, intake_role):
+        harbor.max_concurrent_runs = 50
+        harbor.save()
+        flood = start(harbor, intake_role, 10)
+        northwind_role = Role.objects.get(tenant=northwind, slug="intake-coordinator")
+        few = start(northwind, northwind_role, 2)
+
+        picked = worker.ready_runs(limit=4, exclude=set())
+
+        assert {run_id for run_id, _ in picked} >= {r.pk for r in few}
+        assert [run_id for run_id, _ in picked if run_id in {r.pk for r in flood}] == [
+            flood[0].pk,
+            flood[1].pk,
+        ]
+
+    def test_priority_weight_gives_a_larger_share(self, harbor, northwind, intake_role):
+        harbor.max_concurrent_runs = 50
+        harbor.priority_weight = 3
+        harbor.save()
+        start(harbor, intake_role, 10)
+        northwind_role = Role.objects.get(tenant=northwind, slug="intake-coordinator")
+        start(northwind, northwind_role, 10)
+
+        picked = worker.ready_runs(limit=8, exclude=set())
+
+        tenants = [tenant_id for _, tenant_id in picked]
+        assert tenants.count(harbor.pk) == 6
+        assert tenants.count(northwind.pk) == 2
