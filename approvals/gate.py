@@ -58,9 +58,9 @@ class ApprovalGate:
             },
         )
 
-    def open_escalation(self, *, run, step, reason: str) -> None:
+    def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
         escalation = Escalation.objects.create(
-            tenant_id=run.tenant_id, run=run, step=step, reason=reason
+            tenant_id=run.tenant_id, run=run, step=step, reason=reason, kind=kind
         )
         record(
             tenant=run.tenant_id,
@@ -70,6 +70,7 @@ class ApprovalGate:
             run_id=run.pk,
             step_id=step.pk if step else None,
             reason=reason,
+            data={"kind": kind},
         )
 
     def cancel_open(self, *, run, reason: str) -> None:

@@ -147,9 +147,17 @@ class Escalation(models.Model):
         OPEN = "open", "Open"
         RESOLVED = "resolved", "Resolved"
 
+    class Kind(models.TextChoices):
+        STEP_FAILED = "step_failed", "A step failed"
+        BUDGET = "budget", "Monthly budget reached"
+        SLA = "sla", "Service level missed"
+        DELIVERY = "delivery", "Delivery failed"
+        APPROVAL_OVERDUE = "approval_overdue", "Approval overdue"
+
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.PROTECT, related_name="escalations"
     )
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.STEP_FAILED)
     run = models.ForeignKey("desk.Run", on_delete=models.CASCADE, related_name="escalations")
     step = models.ForeignKey(
         "desk.StepRun", on_delete=models.CASCADE, null=True, blank=True, related_name="escalations"

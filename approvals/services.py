@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ApprovalRequest, Decision, Escalation
-from approvals.permissions import can_decide
+from approvals.permissions import can_decide, can_resolve_escalation
 from audit.services import Actor, record
 from desk import services as desk_services
 
@@ -121,15 +121,17 @@ def _close(request: ApprovalRequest, status: str) -> None:
 
 
 def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Escalation:
-    """Close an escalation with what was done about it.
+    """Close an escalation with what was done about it (for a budget: lift the budget).
 
-    Raises DecisionError when already resolved or without a resolution.
+    Raises DecisionError when not allowed, already resolved or without a resolution.
     """
     resolution = (resolution or "").strip()
     if not resolution:
         raise DecisionError("Say what was done.", code="reason_required")
     with transaction.atomic():
         escalation = Escalation.objects.select_for_update().get(pk=escalation.pk)
+        if not can_resolve_escalation(user, escalation):
+            raise DecisionError("You may not resolve this escalation.", code="forbidden")
         if escalation.status != Escalation.Status.OPEN:
             raise DecisionError("This escalation is already resolved.", code="not_open")
         escalation.status = Escalation.Status.RESOLVED
@@ -145,4 +147,20 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
             run_id=escalation.run_id,
             reason=resolution,
         )
+        if escalation.kind == Escalation.Kind.BUDGET:
+            # Resolving a budget escalation lifts the budget for the month: every held run
+            # of the tenant goes on, and their budget escalations are settled with this one.
+            desk_services.lift_budget(
+                tenant=escalation.tenant, actor=Actor.for_user(user), reason=resolution
+            )
+            Escalation.objects.filter(
+                tenant_id=escalation.tenant_id,
+                kind=Escalation.Kind.BUDGET,
+                status=Escalation.Status.OPEN,
+            ).update(
+                status=Escalation.Status.RESOLVED,
+                resolved_at=escalation.resolved_at,
+                resolved_by=user,
+                resolution=f"Settled with escalation #{escalation.pk}: {resolution}",
+            )
     return escalation

@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F
 from django.utils import timezone
 
 from audit.services import Actor, record
@@ -238,6 +237,9 @@ def lease_next_step(
             step.attempts += 1
             _fail_step(run, step, error=f"template error: {exc}", actor=Actor.system("engine"))
             return None
+        if step.kind == "llm" and services.over_budget(run.tenant, now=now):
+            services.hold_for_budget(run=run, step=step)
+            return None
         if rule is not None and step.kind in ("tool", "review"):
             # Gate before any side effect: the exact call (or the work so far) is proposed.
             _park(run, step, rule=rule, proposal=step.rendered)
@@ -428,10 +430,13 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
         step.prompt_tokens += outcome.prompt_tokens
         step.completion_tokens += outcome.completion_tokens
         if outcome.prompt_tokens or outcome.completion_tokens:
-            Run.objects.filter(pk=run.pk).update(
-                prompt_tokens=F("prompt_tokens") + outcome.prompt_tokens,
-                completion_tokens=F("completion_tokens") + outcome.completion_tokens,
+            cost = services.record_usage(
+                run=run,
+                model=outcome.model,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
             )
+            step.cost += cost
         if not outcome.ok:
             step.error = outcome.error
             record(
@@ -451,7 +456,7 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
                 },
             )
             if outcome.refused or step.attempts >= max_attempts(lease.step_def, lease.definition):
-                step.save(update_fields=["model", "prompt_tokens", "completion_tokens"])
+                step.save(update_fields=["model", "prompt_tokens", "completion_tokens", "cost"])
                 _fail_step(run, step, error=outcome.error, actor=actor)
                 return False
             step.status = StepRun.Status.READY
@@ -466,6 +471,7 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
                     "model",
                     "prompt_tokens",
                     "completion_tokens",
+                    "cost",
                 ]
             )
             return True
@@ -473,7 +479,9 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
         step.error = ""
         if lease.gated is not None:
             # A draft is reviewed before anything uses it.
-            step.save(update_fields=["model", "prompt_tokens", "completion_tokens", "error"])
+            step.save(
+                update_fields=["model", "prompt_tokens", "completion_tokens", "cost", "error"]
+            )
             record(
                 tenant=run.tenant_id,
                 actor=actor,
@@ -501,6 +509,7 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
                 "model",
                 "prompt_tokens",
                 "completion_tokens",
+                "cost",
             ]
         )
         outbox_ids = _write_outbox(run, step, outcome.tool_ctx, actor) if outcome.tool_ctx else []

@@ -25,7 +25,7 @@ class Gate(Protocol):
     def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
         """Write the approval request (inside the caller's transaction)."""
 
-    def open_escalation(self, *, run, step, reason: str) -> None:
+    def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
         """Hand a problem to people (inside the caller's transaction)."""
 
     def cancel_open(self, *, run, reason: str) -> None:

@@ -1,5 +1,8 @@
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
+from simple_history.models import HistoricalRecords
 
 
 class RunQuerySet(models.QuerySet):
@@ -17,12 +20,13 @@ class Run(models.Model):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+        ON_HOLD = "on_hold", "On hold (escalated)"
         COMPLETED = "completed", "Completed"
         REJECTED = "rejected", "Rejected"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
-    OPEN_STATUSES = (Status.QUEUED, Status.RUNNING, Status.WAITING_APPROVAL)
+    OPEN_STATUSES = (Status.QUEUED, Status.RUNNING, Status.WAITING_APPROVAL, Status.ON_HOLD)
 
     class Via(models.TextChoices):
         ADMIN = "admin", "Admin"
@@ -49,6 +53,8 @@ class Run(models.Model):
     error = models.TextField(blank=True)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    sla_escalated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -114,6 +120,7 @@ class StepRun(models.Model):
     model = models.CharField(max_length=100, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=100, unique=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -152,3 +159,49 @@ class OutboxMessage(models.Model):
 
     def __str__(self):
         return f"{self.channel} · {self.idempotency_key}"
+
+
+class ModelPrice(models.Model):
+    """What a model costs, per million tokens; the cost of every step is computed from it."""
+
+    model = models.CharField(max_length=100, unique=True)
+    prompt_per_million = models.DecimalField(max_digits=10, decimal_places=4)
+    completion_per_million = models.DecimalField(max_digits=10, decimal_places=4)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = "model price"
+
+    def __str__(self):
+        return self.model
+
+    def cost(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        return (
+            self.prompt_per_million * prompt_tokens
+            + self.completion_per_million * completion_tokens
+        ) / Decimal(1_000_000)
+
+
+class TenantUsage(models.Model):
+    """A tenant's model usage in one calendar month, kept current by every checkpoint."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="usage")
+    month = models.DateField(help_text="The first day of the month.")
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    steps = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month"], name="tenantusage_unique_month"),
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id} {self.month:%Y-%m}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

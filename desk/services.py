@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import Actor, record
 from desk.gates import get_gate
-from desk.models import OutboxMessage, Run, StepRun
+from desk.models import ModelPrice, OutboxMessage, Run, StepRun, TenantUsage
 from roles.models import Role, RoleVersion
 from roles.workflow import schema_errors
 from tenants import rls
@@ -302,6 +304,151 @@ def return_step_for_revision(*, step: StepRun, actor: Actor, feedback: str) -> R
     return run
 
 
+# --- usage, budgets, service levels -------------------------------------------------------
+
+
+def month_start(now) -> date:
+    return now.date().replace(day=1)
+
+
+def record_usage(*, run: Run, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """Add a model call's tokens and cost to its run and its tenant's month; return the cost.
+
+    Called inside the checkpoint's transaction.
+    """
+    price = ModelPrice.objects.filter(model=model).first()
+    cost = (
+        price.cost(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if price
+        else Decimal(0)
+    )
+    Run.objects.filter(pk=run.pk).update(
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        cost=F("cost") + cost,
+    )
+    usage, _ = TenantUsage.objects.get_or_create(
+        tenant_id=run.tenant_id, month=month_start(timezone.now())
+    )
+    TenantUsage.objects.filter(pk=usage.pk).update(
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        cost=F("cost") + cost,
+        steps=F("steps") + 1,
+    )
+    return cost
+
+
+def over_budget(tenant: Tenant, *, now) -> bool:
+    """Whether the tenant has used its monthly token or cost budget (and nobody lifted it)."""
+    if tenant.monthly_token_budget is None and tenant.monthly_cost_budget is None:
+        return False
+    if tenant.budget_lifted_until and tenant.budget_lifted_until > now:
+        return False
+    usage = TenantUsage.objects.filter(tenant=tenant, month=month_start(now)).first()
+    if usage is None:
+        return False
+    return (
+        tenant.monthly_token_budget is not None
+        and usage.total_tokens >= tenant.monthly_token_budget
+    ) or (tenant.monthly_cost_budget is not None and usage.cost >= tenant.monthly_cost_budget)
+
+
+def hold_for_budget(*, run: Run, step: StepRun) -> None:
+    """Stop a run before a model call its tenant's budget no longer covers; escalate."""
+    run.status = Run.Status.ON_HOLD
+    run.save(update_fields=["status", "updated_at"])
+    reason = f"Monthly budget of {run.tenant.slug} reached before step '{step.key}'."
+    record(
+        tenant=run.tenant_id,
+        actor=Actor.system("budget"),
+        action="budget.exceeded",
+        obj=run,
+        run_id=run.pk,
+        step_id=step.pk,
+        reason=reason,
+    )
+    get_gate().open_escalation(run=run, step=step, reason=reason, kind="budget")
+    admit_runs(tenant_id=run.tenant_id)
+
+
+def lift_budget(*, tenant: Tenant, actor: Actor, reason: str) -> list[int]:
+    """Let the tenant's work go on past its budget until the month ends; resume held runs.
+
+    Returns the ids of the runs resumed.
+    """
+    from desk.tasks import enqueue_advance
+
+    now = timezone.now()
+    next_month = (month_start(now) + timedelta(days=32)).replace(day=1)
+    with rls.tenant_context(tenant.pk):
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        tenant.budget_lifted_until = datetime.combine(next_month, time.min, tzinfo=UTC)
+        tenant._history_user = actor.user
+        tenant.save(update_fields=["budget_lifted_until"])
+        held = list(
+            Run.objects.filter(tenant=tenant, status=Run.Status.ON_HOLD).values_list(
+                "pk", flat=True
+            )
+        )
+        Run.objects.filter(pk__in=held).update(status=Run.Status.RUNNING, updated_at=now)
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="budget.lifted",
+            obj=tenant,
+            reason=reason,
+            data={"until": tenant.budget_lifted_until, "resumed_runs": held},
+        )
+        for run_id in held:
+            enqueue_advance(run_id)
+    return held
+
+
+def sla_state(run: Run, *, now) -> str:
+    """on_track, at_risk (80% of the role's turnaround used) or breached; done when closed."""
+    if not run.is_open:
+        return "done"
+    target = timedelta(minutes=run.role.target_turnaround_minutes)
+    elapsed = now - run.created_at
+    if elapsed >= target:
+        return "breached"
+    if elapsed >= target * 0.8:
+        return "at_risk"
+    return "on_track"
+
+
+def _escalate_missed_service_levels(*, tenant_id: int, now) -> int:
+    """Open one escalation for each open run past its role's target turnaround."""
+    late = (
+        Run.objects.filter(tenant_id=tenant_id, status__in=Run.OPEN_STATUSES)
+        .filter(sla_escalated_at__isnull=True)
+        .select_related("role")
+        .order_by("created_at")
+    )
+    count = 0
+    for run in late[:500]:
+        if sla_state(run, now=now) != "breached":
+            continue
+        run.sla_escalated_at = now
+        run.save(update_fields=["sla_escalated_at"])
+        reason = (
+            f"Open for {int((now - run.created_at).total_seconds() // 60)} min; "
+            f"the role's target is {run.role.target_turnaround_minutes} min."
+        )
+        record(
+            tenant=tenant_id,
+            actor=Actor.system("sla"),
+            action="sla.breached",
+            obj=run,
+            run_id=run.pk,
+            reason=reason,
+        )
+        get_gate().open_escalation(run=run, step=None, reason=reason, kind="sla")
+        count += 1
+    return count
+
+
 # --- outbox and reaper ---------------------------------------------------------------------
 
 
@@ -332,7 +479,10 @@ def deliver_outbox_message(*, message_id: int) -> OutboxMessage | None:
                 message.status = OutboxMessage.Status.FAILED
                 run = Run.objects.get(pk=message.run_id)
                 get_gate().open_escalation(
-                    run=run, step=message.step, reason=f"Delivery failed: {message.last_error}"
+                    run=run,
+                    step=message.step,
+                    reason=f"Delivery failed: {message.last_error}",
+                    kind="delivery",
                 )
             message.save(update_fields=["attempts", "last_error", "status"])
             record(
@@ -424,4 +574,5 @@ def _reap_tenant(*, tenant_id: int, now) -> int:
         ).values_list("pk", flat=True)[:500]
         for message_id in pending:
             enqueue_outbox_delivery(message_id)
+        _escalate_missed_service_levels(tenant_id=tenant_id, now=now)
     return len(woken)

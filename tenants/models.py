@@ -27,6 +27,9 @@ class Tenant(models.Model):
     monthly_cost_budget = models.DecimalField(
         max_digits=12, decimal_places=2, null=True, blank=True, help_text="Blank: no limit."
     )
+    budget_lifted_until = models.DateTimeField(
+        null=True, blank=True, help_text="An operator let work go on past the budget until then."
+    )
     retention_days = models.PositiveIntegerField(default=365)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,0 +1,104 @@
+"""Usage and cost per step, run and tenant; monthly budgets; service levels."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from approvals.models import Escalation
+from approvals.services import DecisionError, resolve_escalation
+from audit.models import AuditEvent
+from desk import engine, services
+from desk.models import ModelPrice, Run, TenantUsage
+
+
+@pytest.fixture
+def priced(db):
+    return ModelPrice.objects.create(
+        model="offline-1", prompt_per_million=Decimal("2"), completion_per_million=Decimal("8")
+    )
+
+
+def test_cost_is_recorded_per_step_run_and_tenant_month(priced, parked_intake, harbor):
+    steps = list(parked_intake.steps.order_by("index"))
+    classify = steps[0]
+
+    expected = (classify.prompt_tokens * 2 + classify.completion_tokens * 8) / Decimal(1_000_000)
+
+    assert classify.cost == expected.quantize(Decimal("0.000001"))
+    parked_intake.refresh_from_db()
+    assert parked_intake.cost == sum(s.cost for s in parked_intake.steps.all())
+    usage = TenantUsage.objects.get(tenant=harbor)
+    assert usage.cost == parked_intake.cost
+    assert usage.prompt_tokens == parked_intake.prompt_tokens
+    assert usage.steps == 2  # the two model calls
+
+
+def test_at_the_budget_model_calls_stop_and_the_run_is_held(harbor, start_intake):
+    harbor.monthly_token_budget = 1
+    harbor.save()
+    first = start_intake()
+    engine.advance_run(run_id=first.pk)  # its first call uses the whole budget
+
+    second = start_intake()
+    engine.advance_run(run_id=second.pk)
+
+    second.refresh_from_db()
+    assert second.status == Run.Status.ON_HOLD
+    assert second.steps.get(key="classify").attempts == 0
+    escalation = Escalation.objects.get(run=second)
+    assert escalation.kind == Escalation.Kind.BUDGET
+    assert AuditEvent.objects.filter(run_id=second.pk, action="budget.exceeded").count() == 1
+
+
+def test_an_operator_lifts_the_budget_and_held_runs_go_on(harbor, start_intake, users):
+    harbor.monthly_token_budget = 1
+    harbor.save()
+    engine.advance_run(run_id=start_intake().pk)
+    held = start_intake()
+    engine.advance_run(run_id=held.pk)
+    escalation = Escalation.objects.get(run=held)
+
+    resolve_escalation(escalation=escalation, user=users["ops"], resolution="Approved overage")
+    engine.advance_run(run_id=held.pk)
+
+    held.refresh_from_db()
+    assert held.status == Run.Status.WAITING_APPROVAL
+    harbor.refresh_from_db()
+    assert harbor.budget_lifted_until > timezone.now()
+    assert AuditEvent.objects.filter(tenant=harbor, action="budget.lifted").count() == 1
+
+
+def test_only_operators_resolve_escalations(harbor, start_intake, users):
+    harbor.monthly_token_budget = 1
+    harbor.save()
+    engine.advance_run(run_id=start_intake().pk)
+    held = start_intake()
+    engine.advance_run(run_id=held.pk)
+
+    with pytest.raises(DecisionError):
+        resolve_escalation(
+            escalation=Escalation.objects.get(run=held),
+            user=users["reviewer.harbor"],
+            resolution="not mine to lift",
+        )
+
+    held.refresh_from_db()
+    assert held.status == Run.Status.ON_HOLD
+
+
+def test_a_run_past_its_roles_turnaround_is_flagged_and_escalated_once(parked_intake):
+    now = timezone.now()
+    Run.objects.filter(pk=parked_intake.pk).update(created_at=now - timedelta(minutes=50))
+    parked_intake.refresh_from_db()
+    assert services.sla_state(parked_intake, now=now) == "at_risk"  # target is 60 min
+
+    later = now + timedelta(minutes=15)
+    services.reap_expired_leases(now=later)
+    services.reap_expired_leases(now=later)
+
+    parked_intake.refresh_from_db()
+    assert services.sla_state(parked_intake, now=later) == "breached"
+    assert parked_intake.sla_escalated_at == later
+    assert Escalation.objects.filter(run=parked_intake, kind="sla").count() == 1
