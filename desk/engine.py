@@ -43,6 +43,9 @@ class Lease:
     owner: str
     attempt: int
     gated: Any = None  # GateRule when the step's result must be reviewed before it counts
+    # Set when the step was executed and checkpointed inside the leasing transaction (quick
+    # database tools): True when the run may go on, False when it stopped.
+    settled: bool | None = None
 
 
 @dataclass
@@ -249,6 +252,21 @@ def lease_next_step(
         step.lease_owner = owner
         step.lease_expires_at = now + timedelta(seconds=settings.DESK_STEP_LEASE_SECONDS)
         step.started_at = step.started_at or now
+        lease = Lease(
+            run=run,
+            step=step,
+            definition=definition,
+            step_def=step_def,
+            context=context,
+            owner=owner,
+            attempt=step.attempts,
+            gated=rule,
+        )
+        if step.kind == "tool" and get_tool(step.rendered["tool"]).runs_inline:
+            # A quick database tool runs right here: lease, effect and checkpoint commit
+            # together (one commit per step), and a crash rolls all three back.
+            lease.settled = _settle(run, step, lease, execute(lease))
+            return lease
         step.save(
             update_fields=[
                 "status",
@@ -259,16 +277,7 @@ def lease_next_step(
                 "rendered",
             ]
         )
-        return Lease(
-            run=run,
-            step=step,
-            definition=definition,
-            step_def=step_def,
-            context=context,
-            owner=owner,
-            attempt=step.attempts,
-            gated=rule,
-        )
+        return lease
 
 
 # --- execution (no transaction open) --------------------------------------------------------
@@ -406,8 +415,6 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
 
     Returns True when the run may go on with its next step now.
     """
-    from desk.tasks import enqueue_outbox_delivery
-
     with rls.tenant_context(lease.run.tenant_id):
         run = (
             Run.objects.select_for_update(of=("self",))
@@ -422,116 +429,115 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
         ):
             logger.warning("step %s: lease lost before checkpoint; result discarded", step.pk)
             return False
-        actor = ai_actor(run)
-        reason = lease.step_def.get("reason", "")
-        if outcome.tool_ctx is not None:
-            _audit_tool_effects(run, step, outcome.tool_ctx, actor, reason)
-        step.model = outcome.model
-        step.prompt_tokens += outcome.prompt_tokens
-        step.completion_tokens += outcome.completion_tokens
-        if outcome.prompt_tokens or outcome.completion_tokens:
-            cost = services.record_usage(
-                run=run,
-                model=outcome.model,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-            )
-            step.cost += cost
-        if not outcome.ok:
-            step.error = outcome.error
-            record(
-                tenant=run.tenant_id,
-                actor=actor,
-                action="tool.refused" if outcome.refused else "step.error",
-                obj=step,
-                run_id=run.pk,
-                step_id=step.pk,
-                reason=reason,
-                data={
-                    "key": step.key,
-                    "attempt": step.attempts,
-                    "error": outcome.error,
-                    "code": outcome.error_code,
-                    **outcome.extra,
-                },
-            )
-            if outcome.refused or step.attempts >= max_attempts(lease.step_def, lease.definition):
-                step.save(update_fields=["model", "prompt_tokens", "completion_tokens", "cost"])
-                _fail_step(run, step, error=outcome.error, actor=actor)
-                return False
-            step.status = StepRun.Status.READY
-            step.lease_owner = ""
-            step.lease_expires_at = None
-            step.save(
-                update_fields=[
-                    "status",
-                    "error",
-                    "lease_owner",
-                    "lease_expires_at",
-                    "model",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "cost",
-                ]
-            )
-            return True
-        step.output = outcome.output
-        step.error = ""
-        if lease.gated is not None:
-            # A draft is reviewed before anything uses it.
-            step.save(
-                update_fields=["model", "prompt_tokens", "completion_tokens", "cost", "error"]
-            )
-            record(
-                tenant=run.tenant_id,
-                actor=actor,
-                action="step.proposed",
-                obj=step,
-                run_id=run.pk,
-                step_id=step.pk,
-                reason=reason,
-                data={"key": step.key, "model": outcome.model},
-            )
-            _park(run, step, rule=lease.gated, proposal={"draft": outcome.output})
-            return False
-        step.status = StepRun.Status.COMPLETED
-        step.finished_at = timezone.now()
-        step.lease_owner = ""
-        step.lease_expires_at = None
-        step.save(
-            update_fields=[
-                "status",
-                "output",
-                "error",
-                "finished_at",
-                "lease_owner",
-                "lease_expires_at",
-                "model",
-                "prompt_tokens",
-                "completion_tokens",
-                "cost",
-            ]
+        return _settle(run, step, lease, outcome)
+
+
+# Everything leasing and settling change on a step: an inline step is saved only here.
+STEP_STATE_FIELDS = [
+    "status",
+    "attempts",
+    "lease_owner",
+    "lease_expires_at",
+    "started_at",
+    "finished_at",
+    "rendered",
+    "output",
+    "error",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+]
+
+
+def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
+    """Write a leased step's outcome (inside the caller's transaction, rows locked)."""
+    from desk.tasks import enqueue_outbox_delivery
+
+    actor = ai_actor(run)
+    reason = lease.step_def.get("reason", "")
+    if outcome.tool_ctx is not None:
+        _audit_tool_effects(run, step, outcome.tool_ctx, actor, reason)
+    step.model = outcome.model
+    step.prompt_tokens += outcome.prompt_tokens
+    step.completion_tokens += outcome.completion_tokens
+    if outcome.prompt_tokens or outcome.completion_tokens:
+        cost = services.record_usage(
+            run=run,
+            model=outcome.model,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
         )
-        outbox_ids = _write_outbox(run, step, outcome.tool_ctx, actor) if outcome.tool_ctx else []
+        step.cost += cost
+    if not outcome.ok:
+        step.error = outcome.error
         record(
             tenant=run.tenant_id,
             actor=actor,
-            action="step.completed",
+            action="tool.refused" if outcome.refused else "step.error",
             obj=step,
             run_id=run.pk,
             step_id=step.pk,
             reason=reason,
             data={
                 "key": step.key,
-                "kind": step.kind,
                 "attempt": step.attempts,
-                "model": outcome.model,
-                "tokens": outcome.prompt_tokens + outcome.completion_tokens,
+                "error": outcome.error,
+                "code": outcome.error_code,
+                **outcome.extra,
             },
         )
-        run.save(update_fields=["updated_at"])
-        for message_id in outbox_ids:
-            enqueue_outbox_delivery(message_id)
+        if outcome.refused or step.attempts >= max_attempts(lease.step_def, lease.definition):
+            step.save(update_fields=STEP_STATE_FIELDS)
+            _fail_step(run, step, error=outcome.error, actor=actor)
+            return False
+        step.status = StepRun.Status.READY
+        step.lease_owner = ""
+        step.lease_expires_at = None
+        step.save(update_fields=STEP_STATE_FIELDS)
+        return True
+    step.output = outcome.output
+    step.error = ""
+    if lease.gated is not None:
+        # A draft is reviewed before anything uses it.
+        step.save(update_fields=STEP_STATE_FIELDS)
+        record(
+            tenant=run.tenant_id,
+            actor=actor,
+            action="step.proposed",
+            obj=step,
+            run_id=run.pk,
+            step_id=step.pk,
+            reason=reason,
+            data={"key": step.key, "model": outcome.model},
+        )
+        _park(run, step, rule=lease.gated, proposal={"draft": outcome.output})
+        return False
+    step.status = StepRun.Status.COMPLETED
+    step.finished_at = timezone.now()
+    step.lease_owner = ""
+    step.lease_expires_at = None
+    step.save(update_fields=STEP_STATE_FIELDS)
+    outbox_ids = _write_outbox(run, step, outcome.tool_ctx, actor) if outcome.tool_ctx else []
+    record(
+        tenant=run.tenant_id,
+        actor=actor,
+        action="step.completed",
+        obj=step,
+        run_id=run.pk,
+        step_id=step.pk,
+        reason=reason,
+        data={
+            "key": step.key,
+            "kind": step.kind,
+            "attempt": step.attempts,
+            "model": outcome.model,
+            "tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        },
+    )
+    run.save(update_fields=["updated_at"])
+    for message_id in outbox_ids:
+        enqueue_outbox_delivery(message_id)
     return True
 
 
@@ -544,5 +550,6 @@ def advance_run(*, run_id: int, owner: str = WORKER_ID) -> None:
         lease = lease_next_step(run_id=run_id, owner=owner, tenant_id=tenant_id)
         if lease is None:
             return
-        if not checkpoint(lease, execute(lease)):
+        settled = lease.settled if lease.settled is not None else checkpoint(lease, execute(lease))
+        if not settled:
             return  # parked, failed, or the lease was lost to another worker

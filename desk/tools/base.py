@@ -75,6 +75,9 @@ class Tool:
     description = ""
     required_args: tuple[str, ...] = ()
     has_side_effects = False
+    # Quick database work: executed inside the step's leasing transaction. A tool that
+    # waits on the network sets this False and runs outside any transaction, under a lease.
+    runs_inline = True
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
