@@ -1,0 +1,432 @@
+"""The reviewer's queue and review page, escalations and approval policies."""
+
+from __future__ import annotations
+
+import copy
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import Http404
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html
+
+from approvals.forms import ReviewForm
+from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
+from approvals.permissions import can_resolve_escalation
+from approvals.services import DecisionError, decide, resolve_escalation
+from desk.engine import step_definition
+from desk.selectors import steps_before
+from roles.workflow import CATEGORIES
+from tenants.admin_scoping import (
+    TenantScopedAdmin,
+    TenantScopedHistoryAdmin,
+    confirm_with_reason,
+    dump_json,
+    username_of,
+)
+
+APPROVING = (Decision.Verdict.APPROVE, Decision.Verdict.EDIT)
+
+
+def run_link(run):
+    url = reverse("admin:desk_run_change", args=[run.pk])
+    return format_html('<a href="{}">{}</a>', url, run)
+
+
+def when(value) -> str:
+    return formats.localize(timezone.localtime(value)) if value else "—"
+
+
+def display_items(mapping) -> list[dict]:
+    """A mapping as labelled items: text stays text (line breaks kept), the rest is JSON."""
+    if not isinstance(mapping, dict):
+        return [{"label": "value", "json": dump_json(mapping)}]
+    items = []
+    for key, value in mapping.items():
+        label = str(key).replace("_", " ")
+        if isinstance(value, str):
+            items.append({"label": label, "text": value})
+        else:
+            items.append({"label": label, "json": dump_json(value)})
+    return items
+
+
+def proposal_display(proposal) -> dict:
+    """What the reviewer reads: a draft, a tool call, a checkpoint, or plain JSON."""
+    if isinstance(proposal, dict) and isinstance(proposal.get("draft"), dict):
+        return {"kind": "draft", "items": display_items(proposal["draft"])}
+    if isinstance(proposal, dict) and "tool" in proposal:
+        return {
+            "kind": "tool",
+            "tool": proposal["tool"],
+            "items": display_items(proposal.get("args") or {}),
+        }
+    if isinstance(proposal, dict) and "instructions" in proposal:
+        return {
+            "kind": "checkpoint",
+            "instructions": proposal["instructions"],
+            "items": display_items(proposal.get("outputs") or {}),
+        }
+    return {"kind": "json", "json": dump_json(proposal)}
+
+
+class QueueStatusFilter(admin.SimpleListFilter):
+    """The queue opens on what is waiting; other statuses are one click away."""
+
+    title = "status"
+    parameter_name = "status"
+    ALL = "all"
+
+    def lookups(self, request, model_admin):
+        return [*ApprovalRequest.Status.choices, (self.ALL, "All")]
+
+    def current(self) -> str:
+        return self.value() or ApprovalRequest.Status.PENDING
+
+    def queryset(self, request, queryset):
+        if self.current() == self.ALL:
+            return queryset
+        return queryset.filter(status=self.current())
+
+    def choices(self, changelist):
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": self.current() == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+
+class DecisionInline(TenantScopedAdmin, admin.TabularInline):
+    model = Decision
+    add_access = change_access = delete_access = None
+    fields = ("reviewer_name", "verdict", "comment", "changes", "created_at")
+    readonly_fields = fields
+    ordering = ("created_at",)
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "decisions so far"
+
+    @admin.display(description="reviewer")
+    def reviewer_name(self, obj):
+        return username_of(obj.reviewer)
+
+    @admin.display(description="changes to the proposal")
+    def changes(self, obj):
+        if not obj.diff:
+            return "—"
+        return format_html('<pre class="desk-json">{}</pre>', obj.diff)
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    change_access = "review"  # "changing" a request is deciding it, on the review page
+    add_access = delete_access = None
+    inlines = (DecisionInline,)
+    list_display = (
+        "__str__",
+        "tenant",
+        "run_column",
+        "step_key",
+        "category",
+        "approvals",
+        "due",
+        "status",
+        "created_at",
+    )
+    list_filter = (QueueStatusFilter, "category", "tenant")
+    search_fields = ("step__key", "category", "run__role__name")
+    ordering = ("due_at",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    ("status", "approvals"),
+                    ("tenant", "run_column"),
+                    ("step_key", "category"),
+                    ("due", "on_timeout"),
+                    ("created_at", "decided_at"),
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "status",
+        "approvals",
+        "tenant",
+        "run_column",
+        "step_key",
+        "category",
+        "due",
+        "on_timeout",
+        "created_at",
+        "decided_at",
+    )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("tenant", "run__role", "run__role_version", "step")
+            .annotate(
+                approvals_given=Count("decisions", filter=Q(decisions__verdict__in=APPROVING))
+            )
+        )
+
+    @admin.display(description="run", ordering="run_id")
+    def run_column(self, obj):
+        return run_link(obj.run)
+
+    @admin.display(description="step", ordering="step__key")
+    def step_key(self, obj):
+        return obj.step.key
+
+    @admin.display(description="approvals")
+    def approvals(self, obj):
+        return f"{obj.approvals_given} of {obj.required_approvals}"
+
+    @admin.display(description="due", ordering="due_at")
+    def due(self, obj):
+        if obj.is_pending and obj.due_at < timezone.now():
+            return format_html('<span class="desk-overdue">{} · overdue</span>', when(obj.due_at))
+        return when(obj.due_at)
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(
+            request, {"title": "Approval requests", **(extra_context or {})}
+        )
+
+    def get_inlines(self, request, obj):
+        # The decisions table appears once there is a decision to show.
+        return self.inlines if obj is not None and obj.decisions.exists() else ()
+
+    # --- the review page ----------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method != "POST":
+            return super().change_view(request, object_id, form_url, extra_context)
+        approval = self.get_object(request, unquote(object_id))
+        if approval is None:
+            raise Http404("No approval request with this id.")
+        if not self.has_change_permission(request, approval):
+            raise PermissionDenied
+        form = ReviewForm(request.POST)
+        if form.is_valid():
+            verdict = form.cleaned_data["verdict"]
+            try:
+                decide(
+                    request=approval,
+                    reviewer=request.user,
+                    verdict=verdict,
+                    comment=form.cleaned_data["comment"],
+                    edited_payload=form.cleaned_data["edited_payload"],
+                )
+            except DecisionError as exc:
+                form.add_error("comment" if exc.code == "reason_required" else None, str(exc))
+            else:
+                approval.refresh_from_db()
+                self.message_user(
+                    request, self._decided_message(approval, verdict), messages.SUCCESS
+                )
+                return redirect("admin:approvals_approvalrequest_changelist")
+        return self._render_review(request, object_id, form)
+
+    def _render_review(self, request, object_id, form):
+        # After a refused decision the page is shown again, exactly as Django's change view
+        # shows it for a GET (so it only ever displays the request), with the form as filled.
+        display_request = copy.copy(request)
+        display_request.method = "GET"
+        return super().change_view(display_request, object_id, extra_context={"review_form": form})
+
+    def _decided_message(self, approval: ApprovalRequest, verdict: str) -> str:
+        what = f"“{approval.step.key}” of {approval.run}"
+        if approval.status == ApprovalRequest.Status.APPROVED:
+            return f"Approved {what}; the run goes on."
+        if approval.status == ApprovalRequest.Status.REJECTED:
+            return f"Rejected {what}; the run has ended."
+        if approval.status == ApprovalRequest.Status.RETURNED:
+            return f"Sent {what} back for revision with your feedback."
+        given = approval.approvals_count()
+        return (
+            f"Your approval of {what} is recorded ({given} of {approval.required_approvals}); "
+            "it waits for another reviewer."
+        )
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context.update(self._review_context(request, obj, context.get("review_form")))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _review_context(self, request, approval: ApprovalRequest, form) -> dict:
+        run, step = approval.run, approval.step
+        earlier = list(steps_before(step))
+        for earlier_step in earlier:
+            earlier_step.output_json = (
+                dump_json(earlier_step.output) if earlier_step.output is not None else ""
+            )
+        definition = step_definition(run, step)
+        my_decision = approval.decisions.filter(reviewer=request.user).first()
+        may_decide = (
+            approval.is_pending
+            and my_decision is None
+            and self.has_change_permission(request, approval)
+        )
+        return {
+            "title": f"Review “{step.key}” of {run}",
+            "subtitle": None,
+            "approval": approval,
+            "run": run,
+            "step": step,
+            "proposal": proposal_display(approval.proposal),
+            "input_items": display_items(run.input),
+            "earlier_steps": earlier,
+            "step_reason": definition.get("reason", ""),
+            "prompt": step.rendered.get("prompt", "") if step.kind == "llm" else "",
+            "my_decision": my_decision,
+            "may_decide": may_decide,
+            "review_form": form
+            or ReviewForm(initial={"edited_payload": dump_json(approval.proposal)}),
+            "verdicts": Decision.Verdict,
+            # The page is a review, not a model form: no save or delete buttons.
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "show_delete": False,
+        }
+
+
+@admin.register(Escalation)
+class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    view_access = "audit"
+    add_access = change_access = delete_access = None  # resolved through its action
+    actions = ("resolve_escalations",)
+    list_display = (
+        "__str__",
+        "tenant",
+        "run_column",
+        "step",
+        "short_reason",
+        "status",
+        "created_at",
+        "resolver",
+        "resolved_at",
+    )
+    list_filter = ("status", "tenant")
+    list_select_related = ("tenant", "run__role", "step", "resolved_by")
+    search_fields = ("reason", "resolution")
+    ordering = ("-created_at",)
+    fields = (
+        "tenant",
+        "run_column",
+        "step",
+        "status",
+        "reason",
+        "created_at",
+        "resolution",
+        "resolver",
+        "resolved_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="run", ordering="run_id")
+    def run_column(self, obj):
+        return run_link(obj.run)
+
+    @admin.display(description="resolved by")
+    def resolver(self, obj):
+        return username_of(obj.resolved_by)
+
+    @admin.display(description="reason")
+    def short_reason(self, obj):
+        return obj.reason if len(obj.reason) <= 100 else obj.reason[:99] + "…"
+
+    @admin.action(description="Resolve the selected escalations…", permissions=["operate"])
+    def resolve_escalations(self, request, queryset):
+        def resolve(escalation: Escalation, resolution: str) -> None:
+            if not can_resolve_escalation(request.user, escalation):
+                self.message_user(
+                    request,
+                    f"{escalation}: only its tenant's operators resolve it.",
+                    messages.ERROR,
+                )
+                return
+            try:
+                resolve_escalation(escalation=escalation, user=request.user, resolution=resolution)
+            except DecisionError as exc:
+                self.message_user(
+                    request, f"{escalation} was not resolved: {exc}", messages.WARNING
+                )
+            else:
+                self.message_user(request, f"Resolved {escalation}.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("tenant", "run"),
+            action="resolve_escalations",
+            title="Resolve escalations",
+            question="Say what was done about these escalations; it is kept in the audit trail.",
+            label="What was done?",
+            submit="Resolve",
+            apply=resolve,
+        )
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["may_resolve"] = (
+                obj.status == Escalation.Status.OPEN and can_resolve_escalation(request.user, obj)
+            )
+            context["action_checkbox_name"] = helpers.ACTION_CHECKBOX_NAME
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+class ApprovalPolicyForm(forms.ModelForm):
+    category = forms.ChoiceField(choices=[(c, c.replace("_", " ")) for c in CATEGORIES])
+
+    class Meta:
+        model = ApprovalPolicy
+        fields = (
+            "tenant",
+            "role",
+            "category",
+            "mode",
+            "required_approvals",
+            "due_minutes",
+            "on_timeout",
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        tenant, role = cleaned.get("tenant"), cleaned.get("role")
+        if tenant is not None and role is not None and role.tenant_id != tenant.pk:
+            self.add_error("role", f"{role.name} is a role of {role.tenant}, not of {tenant}.")
+        return cleaned
+
+
+@admin.register(ApprovalPolicy)
+class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
+    form = ApprovalPolicyForm
+    list_display = (
+        "category",
+        "tenant",
+        "applies_to",
+        "mode",
+        "required_approvals",
+        "due_minutes",
+        "on_timeout",
+    )
+    list_filter = ("tenant", "mode", "category", "role")
+    list_select_related = ("tenant", "role")
+    search_fields = ("category", "role__name", "role__slug")
+    ordering = ("tenant__name", "category", "role__name")
+
+    @admin.display(description="applies to", ordering="role__name")
+    def applies_to(self, obj):
+        return obj.role.name if obj.role_id else "All roles"

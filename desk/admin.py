@@ -1,0 +1,344 @@
+"""Runs and the outbox in the admin: start a run, follow its timeline, cancel it.
+
+Also django-q2's own admin, which is the platform's, not a tenant's.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.html import format_html
+from django_q.models import Failure, OrmQ, Schedule, Success
+
+from audit.services import Actor
+from desk.engine import step_definition
+from desk.forms import StartRunForm
+from desk.models import OutboxMessage, Run
+from desk.selectors import run_audit_events, run_steps
+from desk.services import RunError, cancel_run, start_run
+from roles.models import Role
+from tenants.admin_scoping import (
+    TenantScopedAdmin,
+    confirm_with_reason,
+    dump_json,
+    pretty_json,
+    scoped_choices,
+)
+from tenants.models import Tenant
+from tenants.permissions import can_audit_tenant, can_operate_tenant
+from tenants.scoping import is_platform_staff
+
+
+def human_duration(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s"
+
+
+def run_link(run_id: int | None, label: str = ""):
+    if not run_id:
+        return "—"
+    url = reverse("admin:desk_run_change", args=[run_id])
+    return format_html('<a href="{}">{}</a>', url, label or f"Run #{run_id}")
+
+
+@admin.register(Run)
+class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    change_access = delete_access = None  # a run changes through its steps, not by hand
+    add_form_template = "admin/desk/run/start_run.html"
+    actions = ("cancel_runs",)
+    list_display = (
+        "__str__",
+        "tenant",
+        "role",
+        "version",
+        "status",
+        "via",
+        "starter",
+        "created_at",
+        "finished_at",
+        "tokens",
+    )
+    list_filter = ("status", "role", "tenant", "via")
+    list_select_related = ("tenant", "role", "role_version")
+    search_fields = ("started_by_label", "role__name", "role__slug", "error")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    fieldsets = (
+        (None, {"fields": ("tenant", "role", "version", "status", "error")}),
+        ("Input", {"fields": ("input_pretty",)}),
+        ("Started", {"fields": ("via", "starter", "api_key", "idempotency_key")}),
+        (
+            "Timing and usage",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "prompt_tokens",
+                    "completion_tokens",
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "tenant",
+        "role",
+        "version",
+        "status",
+        "error",
+        "input_pretty",
+        "via",
+        "starter",
+        "api_key",
+        "idempotency_key",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "prompt_tokens",
+        "completion_tokens",
+    )
+
+    @admin.display(description="version", ordering="role_version__number")
+    def version(self, obj):
+        url = reverse("admin:roles_roleversion_change", args=[obj.role_version_id])
+        return format_html('<a href="{}">v{}</a>', url, obj.role_version.number)
+
+    @admin.display(description="started by", ordering="started_by_label")
+    def starter(self, obj):
+        return obj.started_by_label
+
+    @admin.display(description="tokens")
+    def tokens(self, obj):
+        return obj.total_tokens
+
+    @admin.display(description="input")
+    def input_pretty(self, obj):
+        return pretty_json(obj.input)
+
+    # --- the run's page -----------------------------------------------------------------
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context.update(self._timeline_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _timeline_context(self, request, run: Run) -> dict:
+        steps = list(run_steps(run))
+        for step in steps:
+            step.definition = step_definition(run, step)
+            step.args_json = dump_json(step.rendered.get("args")) if step.kind == "tool" else ""
+            step.output_json = dump_json(step.output) if step.output is not None else ""
+            step.approved_json = (
+                dump_json(step.approved_payload) if step.approved_payload is not None else ""
+            )
+            if step.started_at and step.finished_at:
+                step.duration = human_duration(step.finished_at - step.started_at)
+        may_audit = can_audit_tenant(request.user, run.tenant)
+        events = list(run_audit_events(run)) if may_audit else []
+        for event in events:
+            event.data_json = dump_json(event.data)
+        return {
+            "title": f"{run} · {run.get_status_display()}",
+            "subtitle": None,
+            "steps": steps,
+            "approval_requests": run.approval_requests.select_related("step").order_by(
+                "created_at"
+            ),
+            "may_audit": may_audit,
+            "audit_events": events,
+            "may_cancel": run.is_open and can_operate_tenant(request.user, run.tenant),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+
+    # --- start a run --------------------------------------------------------------------
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        tenants = scoped_choices(Tenant, request.user)
+        roles = scoped_choices(Role, request.user)
+        if request.method == "POST":
+            form = StartRunForm(request.POST, tenants=tenants, roles=roles)
+            if form.is_valid():
+                tenant = form.cleaned_data["tenant"]
+                if not can_operate_tenant(request.user, tenant):
+                    raise PermissionDenied
+                try:
+                    run = start_run(
+                        tenant=tenant,
+                        role=form.cleaned_data["role"],
+                        input=form.cleaned_data["input"],
+                        actor=Actor.for_user(request.user),
+                        via=Run.Via.ADMIN,
+                    )
+                except RunError as exc:
+                    form.add_run_error(exc)
+                else:
+                    self.message_user(request, f"Started {run}.", messages.SUCCESS)
+                    return redirect("admin:desk_run_change", run.pk)
+            chosen_role = form.cleaned_data.get("role") if hasattr(form, "cleaned_data") else None
+        else:
+            chosen_role = roles.filter(pk=request.GET.get("role") or None).first()
+            form = StartRunForm(initial=self._initial(chosen_role), tenants=tenants, roles=roles)
+        return self._render_start_form(request, form, chosen_role)
+
+    def _initial(self, role: Role | None) -> dict:
+        if role is None:
+            return {"input": {}}
+        properties = (role.input_schema or {}).get("properties", {})
+        return {"tenant": role.tenant, "role": role, "input": dict.fromkeys(properties, "")}
+
+    def _render_start_form(self, request, form, role):
+        fieldsets = [(None, {"fields": ["tenant", "role", "input"]})]
+        admin_form = helpers.AdminForm(form, fieldsets, {}, model_admin=self)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Start a run",
+            "adminform": admin_form,
+            "object_id": None,
+            "original": None,
+            "is_popup": False,
+            "to_field": None,
+            "media": self.media + admin_form.media,
+            "inline_admin_formsets": [],
+            "errors": helpers.AdminErrorList(form, []),
+            "preserved_filters": self.get_preserved_filters(request),
+            "show_save_and_add_another": False,
+            "show_save_and_continue": False,
+            "chosen_role": role,
+            "input_schema_json": dump_json(role.input_schema) if role else "",
+        }
+        return self.render_change_form(request, context, add=True)
+
+    # --- cancel -------------------------------------------------------------------------
+
+    @admin.action(description="Cancel the selected runs…", permissions=["operate"])
+    def cancel_runs(self, request, queryset):
+        actor = Actor.for_user(request.user)
+
+        def cancel(run: Run, reason: str) -> None:
+            if not can_operate_tenant(request.user, run.tenant):
+                self.message_user(request, f"{run}: you may not cancel its runs.", messages.ERROR)
+                return
+            try:
+                cancel_run(run=run, actor=actor, reason=reason)
+            except RunError as exc:
+                self.message_user(request, f"{run} was not cancelled: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"Cancelled {run}.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("tenant", "role"),
+            action="cancel_runs",
+            title="Cancel runs",
+            question="These runs will stop; their pending approval requests are closed.",
+            label="Why are they cancelled?",
+            submit="Cancel the runs",
+            apply=cancel,
+        )
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    view_access = "audit"
+    add_access = change_access = delete_access = None
+    list_display = (
+        "__str__",
+        "tenant",
+        "run",
+        "step_key",
+        "channel",
+        "recipient",
+        "subject",
+        "status",
+        "attempts",
+        "created_at",
+        "sent_at",
+    )
+    list_filter = ("status", "channel", "tenant")
+    list_select_related = ("tenant", "run__role", "step")
+    search_fields = ("idempotency_key", "channel", "last_error")
+    ordering = ("-created_at",)
+    fields = (
+        "tenant",
+        "run",
+        "step_key",
+        "channel",
+        "idempotency_key",
+        "status",
+        "attempts",
+        "payload_pretty",
+        "last_error",
+        "created_at",
+        "sent_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="step")
+    def step_key(self, obj):
+        return obj.step.key
+
+    @admin.display(description="to")
+    def recipient(self, obj):
+        return obj.payload.get("to", "")
+
+    @admin.display(description="subject")
+    def subject(self, obj):
+        return obj.payload.get("subject", "")
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        return pretty_json(obj.payload)
+
+
+# --- django-q2: the platform's task queue ----------------------------------------------------
+
+
+class PlatformStaffOnly:
+    """Tasks, schedules and failures span every tenant: platform staff only (the flag, or a
+    superuser), never a tenant's people."""
+
+    def is_platform(self, request) -> bool:
+        user = request.user
+        return user.is_active and (user.is_superuser or is_platform_staff(user))
+
+    def has_module_permission(self, request):
+        return self.is_platform(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self.is_platform(request)
+
+    def has_add_permission(self, request):
+        # django-q2's own admins forbid adding tasks; keep whatever they decide.
+        return self.is_platform(request) and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self.is_platform(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.is_platform(request)
+
+
+for _model in (Schedule, Success, Failure, OrmQ):
+    if admin.site.is_registered(_model):
+        _original = type(admin.site.get_model_admin(_model))
+        admin.site.unregister(_model)
+        admin.site.register(
+            _model,
+            type(
+                f"PlatformOnly{_original.__name__}",
+                (PlatformStaffOnly, _original),
+                {"__module__": __name__},
+            ),
+        )

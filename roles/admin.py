@@ -1,0 +1,415 @@
+"""Roles and their versions in the admin: write drafts, publish, activate, roll back."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import slug_re
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from audit.services import Actor
+from roles.models import Role, RoleVersion
+from roles.services import (
+    activate_role_version,
+    create_role,
+    create_role_version,
+    publish_role_version,
+)
+from roles.workflow import CATEGORIES, STEP_KINDS, validate_json_schema
+from tenants.admin_scoping import (
+    PrettyJSONField,
+    TenantScopedAdmin,
+    TenantScopedHistoryAdmin,
+    pretty_json,
+    scoped_choices,
+    single_selected,
+    username_of,
+)
+from tenants.permissions import can_operate_tenant
+
+ROLE_FIELDS = (
+    "purpose",
+    "outputs",
+    "target_turnaround_minutes",
+    "escalation_conditions",
+    "allowed_tools",
+    "allowed_data_kinds",
+)
+
+
+def version_link(version: RoleVersion | None):
+    if version is None:
+        return "—"
+    url = reverse("admin:roles_roleversion_change", args=[version.pk])
+    return format_html(
+        '<a href="{}">v{} · {}</a>', url, version.number, version.get_status_display()
+    )
+
+
+class SlugListField(forms.CharField):
+    """A list of slugs typed as "contact, matter"."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        items = [item.strip() for item in (value or "").replace("\n", ",").split(",")]
+        return [item for item in items if item]
+
+    def validate(self, value):
+        super().validate(value)
+        bad = [item for item in value if not slug_re.match(item)]
+        if bad:
+            raise ValidationError(f"Not a data kind (letters, digits, - and _): {', '.join(bad)}.")
+
+
+class RoleForm(forms.ModelForm):
+    allowed_tools = forms.MultipleChoiceField(
+        choices=[(name, name) for name in sorted(settings.DESK_TOOLS)],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Tools this role's workflow may call. None ticked: any registered tool.",
+    )
+    allowed_data_kinds = SlugListField(
+        required=False,
+        help_text="Kinds of client records it may read, separated by commas (e.g. contact, "
+        "matter). Empty: every kind.",
+    )
+    input_schema = PrettyJSONField(
+        required=False,
+        help_text="JSON Schema every run's input must satisfy.",
+    )
+
+    class Meta:
+        model = Role
+        fields = ("tenant", "slug", "name", "input_schema", *ROLE_FIELDS)
+
+    def clean_input_schema(self):
+        schema = self.cleaned_data.get("input_schema") or {}
+        validate_json_schema(schema, label="The input schema")
+        return schema
+
+
+class RoleVersionInline(TenantScopedAdmin, admin.TabularInline):
+    model = RoleVersion
+    add_access = change_access = delete_access = None
+    fields = ("version", "status", "change_note", "author", "created_at", "published_at")
+    readonly_fields = fields
+    ordering = ("-number",)
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    verbose_name_plural = "versions"
+
+    @admin.display(description="version")
+    def version(self, obj):
+        return version_link(obj)
+
+    @admin.display(description="created by")
+    def author(self, obj):
+        return username_of(obj.created_by)
+
+
+@admin.register(Role)
+class RoleAdmin(TenantScopedHistoryAdmin):
+    form = RoleForm
+    delete_access = None  # runs keep their role; retire a role by leaving it without use
+    inlines = (RoleVersionInline,)
+    list_display = (
+        "name",
+        "slug",
+        "tenant",
+        "active",
+        "canary",
+        "target_turnaround_minutes",
+        "created_at",
+    )
+    list_filter = ("tenant",)
+    list_select_related = ("tenant", "active_version", "canary_version")
+    search_fields = ("name", "slug", "purpose")
+    ordering = ("tenant__name", "name")
+    change_form_template = "admin/roles/role/change_form.html"
+
+    @admin.display(description="active version", ordering="active_version__number")
+    def active(self, obj):
+        return version_link(obj.active_version)
+
+    @admin.display(description="canary")
+    def canary(self, obj):
+        if obj.canary_version is None:
+            return "—"
+        return format_html("{} ({}%)", version_link(obj.canary_version), obj.canary_percent)
+
+    def get_fieldsets(self, request, obj=None):
+        first = ("tenant", "slug", "name") if obj is None else ("tenant", "slug", "name", "active")
+        fieldsets = [
+            (None, {"fields": first}),
+            ("Job description", {"fields": ("purpose", "outputs", "escalation_conditions")}),
+            ("Service level", {"fields": ("target_turnaround_minutes",)}),
+            ("What it may use", {"fields": ("allowed_tools", "allowed_data_kinds")}),
+            ("Input", {"fields": ("input_schema",)}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Canary", {"fields": ("canary", "created_at")}))
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        # Versions are activated through their own actions (audited); tenant and slug are
+        # how runs and API clients name the role.
+        return ("tenant", "slug", "active", "canary", "created_at")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        role = create_role(
+            tenant=obj.tenant,
+            slug=obj.slug,
+            name=obj.name,
+            input_schema=obj.input_schema,
+            actor=Actor.for_user(request.user),
+            **{name: form.cleaned_data[name] for name in ROLE_FIELDS},
+        )
+        obj.pk, obj.created_at = role.pk, role.created_at
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["may_operate"] = can_operate_tenant(request.user, obj.tenant)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+class NewVersionForm(forms.Form):
+    role = forms.ModelChoiceField(queryset=Role.objects.none())
+    definition = PrettyJSONField(
+        widget=forms.Textarea(attrs={"rows": 30, "class": "vLargeTextField desk-json"}),
+        help_text="The workflow: model settings, system prompt and steps.",
+    )
+    change_note = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "vLargeTextField"}),
+        help_text="What changed and why; reviewers of the publication read this.",
+    )
+
+    def __init__(self, *args, roles, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].queryset = roles.select_related("tenant").order_by(
+            "tenant__name", "name"
+        )
+
+
+@admin.register(RoleVersion)
+class RoleVersionAdmin(TenantScopedHistoryAdmin):
+    change_access = delete_access = None  # immutable: a change is a new version
+    add_form_template = "admin/roles/roleversion/add_form.html"
+    actions = ("publish_and_activate", "activate_version")
+    list_display = (
+        "__str__",
+        "role",
+        "tenant",
+        "status",
+        "in_use",
+        "change_note",
+        "author",
+        "created_at",
+        "published_at",
+    )
+    list_filter = ("status", "role", "tenant")
+    list_select_related = ("role", "tenant", "created_by")
+    search_fields = ("role__slug", "role__name", "change_note")
+    ordering = ("role__tenant__name", "role__name", "-number")
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "role",
+                    "number",
+                    "status",
+                    "in_use",
+                    "tenant",
+                    "change_note",
+                )
+            },
+        ),
+        ("Workflow", {"fields": ("steps_table", "definition_pretty")}),
+        ("History", {"fields": ("author", "created_at", "publisher", "published_at")}),
+    )
+    readonly_fields = (
+        "role",
+        "number",
+        "status",
+        "in_use",
+        "tenant",
+        "change_note",
+        "steps_table",
+        "definition_pretty",
+        "author",
+        "created_at",
+        "publisher",
+        "published_at",
+    )
+
+    @admin.display(description="created by", ordering="created_by__username")
+    def author(self, obj):
+        return username_of(obj.created_by)
+
+    @admin.display(description="published by")
+    def publisher(self, obj):
+        return username_of(obj.published_by)
+
+    @admin.display(description="in use")
+    def in_use(self, obj):
+        role = obj.role
+        if role.active_version_id == obj.pk:
+            return "Active"
+        if role.canary_version_id == obj.pk:
+            return f"Canary ({role.canary_percent}%)"
+        return "—"
+
+    @admin.display(description="steps")
+    def steps_table(self, obj):
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    index,
+                    step.get("key", "?"),
+                    step.get("kind", "?"),
+                    step.get("category", "?"),
+                    step.get("tool", ""),
+                    step.get("reason", ""),
+                )
+                for index, step in enumerate(obj.steps, start=1)
+            ),
+        )
+        return format_html(
+            '<table class="desk-table"><thead><tr><th>#</th><th>key</th><th>kind</th>'
+            "<th>category</th><th>tool</th><th>reason</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="definition")
+    def definition_pretty(self, obj):
+        return pretty_json(obj.definition)
+
+    # --- a new draft --------------------------------------------------------------------
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        roles = scoped_choices(Role, request.user)
+        if request.method == "POST":
+            form = NewVersionForm(request.POST, roles=roles)
+            if form.is_valid():
+                role = form.cleaned_data["role"]
+                if not can_operate_tenant(request.user, role.tenant):
+                    raise PermissionDenied
+                try:
+                    version = create_role_version(
+                        role=role,
+                        definition=form.cleaned_data["definition"],
+                        change_note=form.cleaned_data["change_note"],
+                        actor=Actor.for_user(request.user),
+                    )
+                except ValidationError as exc:
+                    form.add_error("definition", exc)
+                else:
+                    self.message_user(
+                        request,
+                        f"Saved draft {version}. Publish it from the versions list when it "
+                        "is ready.",
+                        messages.SUCCESS,
+                    )
+                    return redirect("admin:roles_roleversion_change", version.pk)
+        else:
+            form = NewVersionForm(initial=self._initial(request, roles), roles=roles)
+        return self._render_add_form(request, form)
+
+    def _initial(self, request, roles) -> dict:
+        """Start from the role's latest version when the page is opened from a role."""
+        role = roles.filter(pk=request.GET.get("role") or None).first()
+        if role is None:
+            return {"definition": {"model": {}, "steps": []}}
+        latest = role.versions.order_by("-number").first()
+        return {
+            "role": role,
+            "definition": latest.definition if latest else {"model": {}, "steps": []},
+        }
+
+    def _render_add_form(self, request, form):
+        fieldsets = [(None, {"fields": ["role", "definition", "change_note"]})]
+        admin_form = helpers.AdminForm(form, fieldsets, {}, model_admin=self)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "New role version",
+            "adminform": admin_form,
+            "object_id": None,
+            "original": None,
+            "is_popup": False,
+            "to_field": None,
+            "media": self.media + admin_form.media,
+            "inline_admin_formsets": [],
+            "errors": helpers.AdminErrorList(form, []),
+            "preserved_filters": self.get_preserved_filters(request),
+            "show_save_and_add_another": False,
+            "show_save_and_continue": False,
+            "tools": sorted(settings.DESK_TOOLS),
+            "step_kinds": STEP_KINDS,
+            "categories": CATEGORIES,
+        }
+        return self.render_change_form(request, context, add=True)
+
+    # --- actions ------------------------------------------------------------------------
+
+    @admin.action(description="Publish and activate the selected version", permissions=["operate"])
+    def publish_and_activate(self, request, queryset):
+        version = single_selected(self, request, queryset, verb="publish")
+        if version is None:
+            return
+        if not can_operate_tenant(request.user, version.tenant):
+            raise PermissionDenied
+        try:
+            publish_role_version(version=version, actor=Actor.for_user(request.user))
+        except ValidationError as exc:
+            self.message_user(
+                request, f"{version} was not published: {' '.join(exc.messages)}", messages.ERROR
+            )
+        else:
+            self.message_user(
+                request,
+                f"Published {version}; new runs of {version.role.name} use it.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Activate (roll back to this version)", permissions=["operate"])
+    def activate_version(self, request, queryset):
+        version = single_selected(self, request, queryset, verb="activate")
+        if version is None:
+            return
+        if not can_operate_tenant(request.user, version.tenant):
+            raise PermissionDenied
+        try:
+            activate_role_version(version=version, actor=Actor.for_user(request.user))
+        except ValidationError as exc:
+            self.message_user(
+                request, f"{version} was not activated: {' '.join(exc.messages)}", messages.ERROR
+            )
+        else:
+            self.message_user(
+                request,
+                f"{version} is now active; new runs of {version.role.name} use it.",
+                messages.SUCCESS,
+            )
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["may_operate"] = can_operate_tenant(request.user, obj.tenant)
+        return super().render_change_form(request, context, add, change, form_url, obj)

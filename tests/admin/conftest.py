@@ -1,0 +1,112 @@
+"""Fixtures of the admin tests: people and a harbor-legal world with one object of every kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from approvals.gate import ApprovalGate
+from approvals.models import ApprovalRequest
+from approvals.services import decide
+from audit.services import Actor
+from desk.engine import advance_run
+from desk.models import Run
+from desk.services import start_run
+from roles.models import Role
+from roles.services import create_role_version
+from tenants.models import Tenant
+from tenants.services import grant_membership
+from tests.conftest import INTAKE_INPUT
+
+NORTHWIND_INPUT = {
+    "from_email": "priya@example.org",
+    "subject": "Invoice query",
+    "body": "Could you explain the November invoice?",
+}
+
+
+def start_intake(tenant: Tenant, user, input=INTAKE_INPUT) -> Run:
+    role = Role.objects.get(tenant=tenant, slug="intake-coordinator")
+    return start_run(
+        tenant=tenant, role=role, input=input, actor=Actor.for_user(user), via=Run.Via.ADMIN
+    )
+
+
+def parked(tenant: Tenant, user, input=INTAKE_INPUT) -> Run:
+    """An intake run taken to its review gate (the drafted reply)."""
+    run = start_intake(tenant, user, input)
+    advance_run(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.WAITING_APPROVAL
+    return run
+
+
+@pytest.fixture
+def ops_northwind(demo):
+    """An operator and auditor of northwind-accounting only."""
+    user = get_user_model().objects.create_user(
+        "ops.northwind", "ops.northwind@example.com", "pw-ops-northwind-1", is_staff=True
+    )
+    northwind = Tenant.objects.get(slug="northwind-accounting")
+    for kind in ("operator", "auditor"):
+        grant_membership(user=user, tenant=northwind, kind=kind, actor=Actor.system("tests"))
+    return user
+
+
+@dataclass
+class World:
+    harbor: Tenant
+    northwind: Tenant
+    completed_run: Run
+    parked_run: Run
+    request: ApprovalRequest
+
+
+def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
+    """For each tenant: a completed run (decision, outbox message), a run parked at its gate
+    with a pending request, an escalation, a draft role version; plus the demo's roles,
+    versions, policies, memberships and records."""
+    worlds = {}
+    for tenant, reviewer, input in (
+        (harbor, users["reviewer.harbor"], INTAKE_INPUT),
+        (northwind, users["reviewer.northwind"], NORTHWIND_INPUT),
+    ):
+        done = parked(tenant, users["ops"], input)
+        decide(
+            request=ApprovalRequest.objects.get(run=done),
+            reviewer=reviewer,
+            verdict="approve",
+            comment="fine",
+        )
+        advance_run(run_id=done.pk)
+        done.refresh_from_db()
+        assert done.status == Run.Status.COMPLETED
+        waiting = parked(tenant, users["ops"], input)
+        with transaction.atomic():
+            ApprovalGate().open_escalation(
+                run=waiting, step=waiting.steps.get(key="draft"), reason="Sender unknown"
+            )
+        role = Role.objects.get(tenant=tenant, slug="intake-coordinator")
+        create_role_version(
+            role=role,
+            definition=role.active_version.definition,
+            actor=Actor.for_user(users["ops"]),
+            change_note="Same again",
+        )
+        worlds[tenant.slug] = (done, waiting)
+    done, waiting = worlds[harbor.slug]
+    return World(
+        harbor=harbor,
+        northwind=northwind,
+        completed_run=done,
+        parked_run=waiting,
+        request=ApprovalRequest.objects.get(run=waiting),
+    )
+
+
+@pytest.fixture
+def world(harbor, northwind, users, ops_northwind) -> World:
+    return build_world(harbor, northwind, users)

@@ -1,0 +1,341 @@
+"""Every admin on the site, swept for cross-tenant access.
+
+The cases are generated from `admin.site._registry`: registering an admin for a new model
+adds it to the sweep, and one that is neither tenant-scoped through TenantScopedAdmin nor a
+known platform-only admin fails `test_every_registered_admin_is_covered`.
+
+The world: harbor-legal and northwind-accounting each have completed and parked runs,
+decisions, an escalation, outbox messages, draft and published versions, policies, records,
+memberships and audit events. Northwind's people then try everything on harbor's objects.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.apps import apps
+from django.contrib import admin
+from django.contrib.admin.filters import AllValuesFieldListFilter, RelatedFieldListFilter
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.forms.models import model_to_dict
+from django.test import RequestFactory
+from django.urls import NoReverseMatch, reverse
+from guardian.models import UserObjectPermission
+from simple_history.admin import SimpleHistoryAdmin
+
+from tenants.admin_scoping import TenantScopedAdmin, has_tenant_field
+from tenants.models import Tenant
+
+User = get_user_model()
+
+# Admins of models without a tenant: the platform's own, closed to tenant members.
+PLATFORM_ONLY = {
+    "auth.user",
+    "auth.group",
+    "django_q.schedule",
+    "django_q.success",
+    "django_q.failure",
+    "django_q.ormq",
+}
+NORTHWIND_USERS = ("reviewer.northwind", "ops.northwind")
+HARBOR_MARKERS = ("Harbor Legal LLP", "harbor-legal")
+
+
+def label(model) -> str:
+    return model._meta.label_lower
+
+
+def is_tenant_scoped(model) -> bool:
+    return model is Tenant or has_tenant_field(model)
+
+
+REGISTERED = sorted(admin.site._registry, key=label)
+TENANT_SCOPED = [model for model in REGISTERED if is_tenant_scoped(model)]
+PLATFORM = [model for model in REGISTERED if not is_tenant_scoped(model)]
+
+
+def rows_of(model, tenant: Tenant):
+    if model is Tenant:
+        return Tenant.objects.filter(pk=tenant.pk)
+    return model._default_manager.filter(tenant=tenant)
+
+
+def pks_of(model, tenant: Tenant) -> set:
+    if not is_tenant_scoped(model):
+        return set()
+    return set(rows_of(model, tenant).values_list("pk", flat=True))
+
+
+def url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+def tenant_state(tenant: Tenant) -> dict:
+    """Every row of the tenant, in every tenant-scoped table (history included)."""
+    state = {
+        label(model): sorted(rows_of(model, tenant).values(), key=lambda row: str(row))
+        for model in apps.get_models()
+        if is_tenant_scoped(model)
+    }
+    state["guardian"] = sorted(
+        UserObjectPermission.objects.filter(
+            content_type=ContentType.objects.get_for_model(Tenant), object_pk=str(tenant.pk)
+        ).values_list("user_id", "permission_id")
+    )
+    return state
+
+
+def walk(obj, path: str):
+    for part in path.split("__"):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def post_data(obj) -> dict:
+    """An object's own values as form data (as someone would replay them)."""
+    data = {"verdict": "approve", "comment": "sweep", "post": "yes"}
+    for name, value in model_to_dict(obj).items():
+        if value is None:
+            value = ""
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        data[name] = value
+    return data
+
+
+def result_pks(response) -> set:
+    return {obj.pk for obj in response.context["cl"].result_list}
+
+
+def assert_no_harbor_text(response, where: str) -> None:
+    content = response.content.decode()
+    for marker in HARBOR_MARKERS:
+        assert marker not in content, f"{where}: the page mentions {marker!r}"
+
+
+# --- coverage -----------------------------------------------------------------------------
+
+
+def test_every_registered_admin_is_covered():
+    uncovered = []
+    for model, model_admin in admin.site._registry.items():
+        if is_tenant_scoped(model):
+            assert isinstance(model_admin, TenantScopedAdmin), (
+                f"{label(model)}: its admin must use TenantScopedAdmin"
+            )
+            for inline in model_admin.inlines:
+                if is_tenant_scoped(inline.model):
+                    assert issubclass(inline, TenantScopedAdmin), (
+                        f"{label(model)}: inline {inline.__name__} must use TenantScopedAdmin"
+                    )
+        elif label(model) not in PLATFORM_ONLY:
+            uncovered.append(label(model))
+
+    assert uncovered == [], f"admins the sweep does not cover: {uncovered}"
+
+
+# --- the sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+@pytest.mark.parametrize("model", TENANT_SCOPED, ids=label)
+def test_northwind_people_cannot_reach_harbors_objects(
+    client, world, users, ops_northwind, model, username
+):
+    harbor, northwind = world.harbor, world.northwind
+    user = ops_northwind if username == "ops.northwind" else users[username]
+    model_admin = admin.site._registry[model]
+    harbor_pks = pks_of(model, harbor)
+    target = rows_of(model, harbor).order_by("pk").first()
+    assert target is not None, f"the world has no harbor-legal {label(model)}: extend build_world"
+    mine = rows_of(model, northwind).order_by("pk").first()
+    before = tenant_state(harbor)
+    client.force_login(user)
+
+    # The changelist lists only northwind's rows and never names harbor.
+    changelist = client.get(url(model, "changelist"))
+    assert changelist.status_code in (200, 403)
+    listed = changelist.status_code == 200
+    if listed:
+        assert not result_pks(changelist) & harbor_pks, "changelist lists harbor rows"
+        assert all(
+            (obj.pk if model is Tenant else obj.tenant_id) == northwind.pk
+            for obj in changelist.context["cl"].result_list
+        )
+        assert_no_harbor_text(changelist, "changelist")
+        assert_filters_offer_no_harbor_values(changelist, model, harbor, northwind)
+
+    # Filtering on harbor's tenant shows nothing.
+    key = "id__exact" if model is Tenant else "tenant__id__exact"
+    filtered = client.get(url(model, "changelist"), {key: harbor.pk})
+    assert filtered.status_code == (200 if listed else 403)
+    if listed:
+        assert result_pks(filtered) == set()
+
+    # Searching for harbor's values finds nothing of harbor.
+    for field in model_admin.get_search_fields(None) or ():
+        term = walk(target, field.lstrip("^=@"))
+        if isinstance(term, str) and term:
+            found = client.get(url(model, "changelist"), {"q": term})
+            assert found.status_code == (200 if listed else 403)
+            if listed:
+                assert not result_pks(found) & harbor_pks, f"search on {field} finds harbor"
+
+    # Lookups through relations to other rows' columns are refused.
+    for lookup in sensitive_lookups(model):
+        probe = client.get(url(model, "changelist"), {lookup: "^p"})
+        assert probe.status_code == (400 if listed else 403), f"?{lookup}= was not refused"
+    local = next(
+        f.name
+        for f in model._meta.concrete_fields
+        if not f.primary_key and not f.is_relation and not f.unique
+    )
+    probe = client.get(url(model, "changelist"), {"_to_field": local})
+    assert probe.status_code == (400 if listed else 403), f"?_to_field={local} was not refused"
+
+    # Harbor's object pages do not exist for northwind.
+    pages = [url(model, "change", target.pk), url(model, "delete", target.pk)]
+    pages.append(url(model, "history", target.pk))
+    if isinstance(model_admin, SimpleHistoryAdmin):
+        version = target.history.order_by("history_id").first()
+        pages.append(url(model, "simple_history", target.pk, version.history_id))
+    for page in pages:
+        assert client.get(page).status_code in (403, 404), f"GET {page} reached harbor"
+        assert client.post(page, post_data(target)).status_code in (403, 404), (
+            f"POST {page} reached harbor"
+        )
+
+    # Autocomplete of any relation to this model offers none of harbor's rows.
+    for source, field in relations_to(model):
+        for term in ("", "harbor", "Harbor"):
+            found = client.get(
+                reverse("admin:autocomplete"),
+                {
+                    "app_label": source._meta.app_label,
+                    "model_name": source._meta.model_name,
+                    "field_name": field.name,
+                    "term": term,
+                },
+            )
+            assert found.status_code in (200, 403, 404)
+            if found.status_code == 200:
+                ids = {result["id"] for result in found.json()["results"]}
+                assert not ids & {str(pk) for pk in harbor_pks}, (
+                    f"autocomplete of {label(source)}.{field.name} offers harbor rows"
+                )
+
+    # Forms offer no harbor choices.
+    forms_to_check = [url(model, "add")]
+    if mine is not None:
+        forms_to_check.append(url(model, "change", mine.pk))
+    for page in forms_to_check:
+        response = client.get(page)
+        assert response.status_code in (200, 403), f"GET {page}"
+        if response.status_code == 200 and "adminform" in response.context:
+            assert_form_offers_no_harbor_choices(response.context["adminform"].form, harbor)
+            assert_no_harbor_text(response, page)
+
+    # Posting harbor's ids changes nothing: actions, an add with harbor's values.
+    request = RequestFactory().get("/")
+    request.user = user
+    for action in model_admin.get_actions(request):
+        base = {"action": action, "_selected_action": [target.pk]}
+        client.post(url(model, "changelist"), {**base, "index": "0"})
+        client.post(
+            url(model, "changelist"), {**base, "post": "yes", "confirm": "yes", "reason": "x"}
+        )
+    client.post(url(model, "add"), post_data(target))
+
+    assert tenant_state(harbor) == before
+
+
+def sensitive_lookups(model) -> list[str]:
+    lookups = [
+        f"{field.name}__password__regex"
+        for field in model._meta.concrete_fields
+        if field.is_relation and field.related_model is User
+    ]
+    if model is Tenant:
+        lookups += ["memberships__user__password__regex", "memberships__user__email"]
+    else:
+        lookups += ["tenant__slug", "tenant__memberships__user__password__regex"]
+    return lookups
+
+
+def relations_to(model) -> list:
+    """Every foreign key (in any model) whose autocomplete would list `model`'s rows."""
+    return [
+        (source, field)
+        for source in apps.get_models()
+        for field in source._meta.concrete_fields
+        if field.is_relation and field.related_model is model
+    ]
+
+
+def assert_filters_offer_no_harbor_values(response, model, harbor, northwind) -> None:
+    for spec in response.context["cl"].filter_specs:
+        if isinstance(spec, RelatedFieldListFilter):
+            offered = {pk for pk, _ in spec.lookup_choices}
+            assert not offered & pks_of(spec.field.related_model, harbor), (
+                f"filter {spec.field_path} offers harbor values"
+            )
+        elif isinstance(spec, AllValuesFieldListFilter):
+            path = spec.field_path
+            harbor_only = set(rows_of(model, harbor).values_list(path, flat=True)) - set(
+                rows_of(model, northwind).values_list(path, flat=True)
+            )
+            assert not set(spec.lookup_choices) & harbor_only, (
+                f"filter {path} offers values only harbor has"
+            )
+
+
+def assert_form_offers_no_harbor_choices(form, harbor) -> None:
+    for name, field in form.fields.items():
+        queryset = getattr(field, "queryset", None)
+        if queryset is None or queryset.model is User:
+            continue
+        offered = set(queryset.values_list("pk", flat=True))
+        assert not offered & pks_of(queryset.model, harbor), f"field {name} offers harbor rows"
+
+
+# --- platform-only admins -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+@pytest.mark.parametrize("model", PLATFORM, ids=label)
+def test_platform_admins_are_closed_to_tenant_people(
+    client, users, ops_northwind, superuser, model, username
+):
+    user = ops_northwind if username == "ops.northwind" else users[username]
+    client.force_login(user)
+
+    changelist = client.get(url(model, "changelist"))
+    add = client.get(url(model, "add"))
+
+    assert changelist.status_code == 403
+    assert add.status_code == 403
+    client.force_login(superuser)
+    assert client.get(url(model, "changelist")).status_code == 200
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_index_and_app_pages_name_no_other_tenant(client, world, users, ops_northwind, username):
+    user = ops_northwind if username == "ops.northwind" else users[username]
+    client.force_login(user)
+    app_labels = sorted({model._meta.app_label for model in TENANT_SCOPED})
+
+    index = client.get(reverse("admin:index"))
+
+    assert index.status_code == 200
+    assert "Northwind Accounting" in index.content.decode()
+    assert_no_harbor_text(index, "index")
+    for app_label in app_labels:
+        try:
+            page = reverse("admin:app_list", args=[app_label])
+        except NoReverseMatch:
+            continue
+        response = client.get(page)
+        assert response.status_code in (200, 404)
+        assert_no_harbor_text(response, page)
