@@ -19,7 +19,8 @@ from django.utils.html import format_html
 from approvals.forms import ReviewForm
 from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
 from approvals.permissions import can_resolve_escalation
-from approvals.services import DecisionError, decide, resolve_escalation
+from approvals.services import DecisionError, decide, resolve_escalation, save_policy
+from audit.services import Actor
 from desk.engine import step_definition
 from desk.selectors import steps_before
 from roles.workflow import CATEGORIES
@@ -310,6 +311,7 @@ class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
     list_display = (
         "__str__",
         "tenant",
+        "kind",
         "run_column",
         "step",
         "short_reason",
@@ -318,12 +320,13 @@ class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "resolver",
         "resolved_at",
     )
-    list_filter = ("status", "tenant")
+    list_filter = ("status", "kind", "tenant")
     list_select_related = ("tenant", "run__role", "step", "resolved_by")
     search_fields = ("reason", "resolution")
     ordering = ("-created_at",)
     fields = (
         "tenant",
+        "kind",
         "run_column",
         "step",
         "status",
@@ -364,15 +367,20 @@ class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
                     request, f"{escalation} was not resolved: {exc}", messages.WARNING
                 )
             else:
-                self.message_user(request, f"Resolved {escalation}.", messages.SUCCESS)
+                self.message_user(request, resolved_message(escalation), messages.SUCCESS)
 
+        selected = queryset.select_related("tenant", "run")
+        question = "Say what was done about these escalations; it is kept in the audit trail."
+        budgets = sorted({e.tenant.name for e in selected if e.kind == Escalation.Kind.BUDGET})
+        if budgets:
+            question += " " + budget_note(" and ".join(budgets))
         return confirm_with_reason(
             self,
             request,
-            queryset.select_related("tenant", "run"),
+            selected,
             action="resolve_escalations",
             title="Resolve escalations",
-            question="Say what was done about these escalations; it is kept in the audit trail.",
+            question=question,
             label="What was done?",
             submit="Resolve",
             apply=resolve,
@@ -383,8 +391,26 @@ class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
             context["may_resolve"] = (
                 obj.status == Escalation.Status.OPEN and can_resolve_escalation(request.user, obj)
             )
+            if obj.kind == Escalation.Kind.BUDGET and obj.status == Escalation.Status.OPEN:
+                context["resolve_note"] = budget_note(obj.tenant.name)
             context["action_checkbox_name"] = helpers.ACTION_CHECKBOX_NAME
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+def budget_note(tenant_names: str) -> str:
+    return (
+        f"Resolving a budget escalation lifts {tenant_names}'s monthly budget until the end "
+        "of the month and resumes every run on hold for it."
+    )
+
+
+def resolved_message(escalation: Escalation) -> str:
+    if escalation.kind == Escalation.Kind.BUDGET:
+        return (
+            f"Resolved {escalation}: {escalation.tenant}'s budget is lifted until the end of "
+            "the month and its runs on hold resume."
+        )
+    return f"Resolved {escalation}."
 
 
 class ApprovalPolicyForm(forms.ModelForm):
@@ -430,3 +456,6 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
     @admin.display(description="applies to", ordering="role__name")
     def applies_to(self, obj):
         return obj.role.name if obj.role_id else "All roles"
+
+    def save_model(self, request, obj, form, change):
+        self.call_service(form, lambda: save_policy(policy=obj, actor=Actor.for_user(request.user)))

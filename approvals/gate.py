@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation
+from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
 from desk.gates import GateRule
 
@@ -57,6 +58,7 @@ class ApprovalGate:
                 "due_at": request.due_at,
             },
         )
+        notify_reviewers_after_commit(request)
 
     def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
         escalation = Escalation.objects.create(

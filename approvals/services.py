@@ -9,10 +9,13 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.models import ApprovalRequest, Decision, Escalation
+from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
 from approvals.permissions import can_decide, can_resolve_escalation
 from audit.services import Actor, record
 from desk import services as desk_services
+from desk.models import Run
+from tenants import rls
+from tenants.models import Membership
 
 
 class DecisionError(Exception):
@@ -56,7 +59,7 @@ def decide(
         raise DecisionError("Edit and approve needs the edited proposal as a JSON object.")
     with transaction.atomic():
         request = (
-            ApprovalRequest.objects.select_for_update()
+            ApprovalRequest.objects.select_for_update(no_key=True)
             .select_related("run", "step")
             .get(pk=request.pk)
         )
@@ -69,6 +72,8 @@ def decide(
             )
         if request.decisions.filter(reviewer=reviewer).exists():
             raise DecisionError("You have already decided this request.", code="already_decided")
+        # The run before the audit chain: the engine's lock order (see audit.lock_chain).
+        Run.objects.select_for_update(no_key=True).get(pk=request.run_id)
         actor = Actor.for_user(reviewer)
         payload = edited_payload if verdict == Decision.Verdict.EDIT else None
         decision = Decision.objects.create(
@@ -129,7 +134,7 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
     if not resolution:
         raise DecisionError("Say what was done.", code="reason_required")
     with transaction.atomic():
-        escalation = Escalation.objects.select_for_update().get(pk=escalation.pk)
+        escalation = Escalation.objects.select_for_update(no_key=True).get(pk=escalation.pk)
         if not can_resolve_escalation(user, escalation):
             raise DecisionError("You may not resolve this escalation.", code="forbidden")
         if escalation.status != Escalation.Status.OPEN:
@@ -164,3 +169,159 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
                 resolution=f"Settled with escalation #{escalation.pk}: {resolution}",
             )
     return escalation
+
+
+POLICY_FIELDS = {"category", "mode", "required_approvals", "due_minutes", "on_timeout"}
+
+
+def save_policy(*, policy: ApprovalPolicy, actor: Actor) -> ApprovalPolicy:
+    """Create or change an approval policy.
+
+    Raises ValidationError when the policy's role belongs to another tenant or a value
+    is invalid.
+    """
+    from django.core.exceptions import ValidationError
+
+    if policy.role_id and policy.role.tenant_id != policy.tenant_id:
+        raise ValidationError({"role": "This role belongs to another tenant."})
+    with transaction.atomic():
+        before = (
+            ApprovalPolicy.objects.filter(pk=policy.pk).values(*POLICY_FIELDS).first()
+            if policy.pk
+            else None
+        )
+        policy.full_clean()
+        policy._history_user = actor.user
+        policy.save()
+        after = {name: getattr(policy, name) for name in POLICY_FIELDS}
+        diff = {
+            name: [before.get(name) if before else None, value]
+            for name, value in after.items()
+            if before is None or before[name] != value
+        }
+        record(
+            tenant=policy.tenant_id,
+            actor=actor,
+            action="policy.created" if before is None else "policy.updated",
+            obj=policy,
+            data={"role": policy.role.slug if policy.role_id else None, **diff},
+        )
+    return policy
+
+
+def process_overdue_requests(*, now=None) -> dict[str, int]:
+    """Apply each overdue request's timeout rule once: remind, escalate or reject.
+
+    Returns how many requests got each treatment.
+    """
+    now = now or timezone.now()
+    done = {"remind": 0, "escalate": 0, "reject": 0}
+    with rls.platform_context():
+        # Which tenants have overdue requests is all this reads across tenants.
+        tenant_ids = list(
+            ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING, due_at__lt=now)
+            .values_list("tenant_id", flat=True)
+            .distinct()
+        )
+    for tenant_id in tenant_ids:
+        with rls.tenant_context(tenant_id):
+            overdue = (
+                ApprovalRequest.objects.select_for_update(no_key=True, skip_locked=True)
+                .filter(
+                    tenant_id=tenant_id,
+                    status=ApprovalRequest.Status.PENDING,
+                    due_at__lt=now,
+                    reminded_at__isnull=True,
+                )
+                .select_related("run", "step")
+            )
+            for request in overdue[:500]:
+                done[request.on_timeout] += 1
+                _apply_timeout(request, now=now)
+    return done
+
+
+def _apply_timeout(request: ApprovalRequest, *, now) -> None:
+    actor = Actor.system("approvals")
+    Run.objects.select_for_update(no_key=True).get(pk=request.run_id)  # lock order
+    request.reminded_at = now  # marks the timeout as handled, whatever the rule
+    request.save(update_fields=["reminded_at"])
+    rule = request.on_timeout
+    record(
+        tenant=request.tenant_id,
+        actor=actor,
+        action=f"approval.overdue_{rule}",
+        obj=request,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        data={"due_at": request.due_at, "rule": rule},
+    )
+    if rule == ApprovalPolicy.OnTimeout.REMIND:
+        notify_reviewers_after_commit(request, reminder=True)
+    elif rule == ApprovalPolicy.OnTimeout.ESCALATE:
+        Escalation.objects.create(
+            tenant_id=request.tenant_id,
+            run=request.run,
+            step=request.step,
+            kind=Escalation.Kind.APPROVAL_OVERDUE,
+            reason=f"Approval #{request.pk} was not decided by its due time ({request.due_at}).",
+        )
+    else:
+        _close(request, ApprovalRequest.Status.REJECTED)
+        desk_services.reject_parked_step(
+            step=request.step, actor=actor, reason="Not decided by its due time."
+        )
+
+
+def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: bool = False) -> None:
+    """E-mail the tenant's reviewers about a request once the transaction commits."""
+    from django_q.tasks import async_task
+
+    transaction.on_commit(
+        lambda: async_task(
+            "approvals.tasks.notify_reviewers",
+            request_id=request.pk,
+            reminder=reminder,
+            q_options={"group": "notifications"},
+        )
+    )
+
+
+def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
+    """Send the notification e-mail; returns how many reviewers it went to."""
+    from django.conf import settings
+    from django.core.mail import send_mail
+
+    tenant_id = rls.tenant_of("approvals_approvalrequest", request_id)
+    if tenant_id is None:
+        return 0
+    with rls.tenant_context(tenant_id):
+        request = (
+            ApprovalRequest.objects.select_related("tenant", "run__role", "step")
+            .filter(pk=request_id, status=ApprovalRequest.Status.PENDING)
+            .first()
+        )
+        if request is None:
+            return 0
+        emails = sorted(
+            {
+                m.user.email
+                for m in Membership.objects.filter(tenant_id=tenant_id, kind="reviewer")
+                .select_related("user")
+                .filter(user__is_active=True)
+                if m.user.email
+            }
+        )
+        if not emails:
+            return 0
+        subject = (
+            f"{'Reminder: ' if reminder else ''}{request.tenant.name}: "
+            f"{request.run.role.name} needs your approval"
+        )
+        body = (
+            f"Step '{request.step.key}' ({request.category}) of run #{request.run_id} is waiting"
+            f" for {request.required_approvals} approval(s), due {request.due_at:%Y-%m-%d %H:%M}"
+            " UTC.\nOpen the approval queue in AgentDesk to decide."
+        )
+        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
+    return len(emails)

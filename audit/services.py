@@ -63,11 +63,22 @@ def _digest(event: AuditEvent) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def lock_chain(tenant_id: int | None) -> AuditChain:
+    """Lock a tenant's chain head for the rest of the transaction.
+
+    Lock order everywhere: Run, StepRun, then the audit chain, then the Tenant row. A
+    service that locks the Tenant row and also writes audit events takes the chain first.
+    """
+    return _locked_chain(tenant_id)
+
+
 def _locked_chain(tenant_id: int | None) -> AuditChain:
-    chain = AuditChain.objects.select_for_update().filter(tenant_id=tenant_id).first()
+    chain = AuditChain.objects.select_for_update(no_key=True).filter(tenant_id=tenant_id).first()
     if chain is None:
         AuditChain.objects.get_or_create(tenant_id=tenant_id)
-        chain = AuditChain.objects.select_for_update().filter(tenant_id=tenant_id).first()
+        chain = (
+            AuditChain.objects.select_for_update(no_key=True).filter(tenant_id=tenant_id).first()
+        )
     return chain
 
 
@@ -143,3 +154,20 @@ def verify_chain(*, tenant_id: int | None) -> list[ChainProblem]:
             ChainProblem(tenant_id, chain.last_seq, "events missing after the last one found")
         )
     return problems
+
+
+def apply_changes(obj, changes: dict[str, Any], *, allowed: set[str]) -> dict[str, list]:
+    """Set `changes` on `obj` and return {field: [old, new]} for the audit event.
+
+    Raises ValueError for a field outside `allowed` (a programming error, not user input).
+    """
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot change {', '.join(sorted(unknown))} this way")
+    diff = {}
+    for name, value in changes.items():
+        old = getattr(obj, name)
+        if old != value:
+            diff[name] = [old, value]
+            setattr(obj, name, value)
+    return diff

@@ -1,6 +1,7 @@
-"""Runs and the outbox in the admin: start a run, follow its timeline, cancel it.
+"""Runs and the outbox in the admin: start a run, follow its timeline and service level,
+cancel it.
 
-Also django-q2's own admin, which is the platform's, not a tenant's.
+Also the platform's own tables, not a tenant's: model prices and django-q2's admin.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django_q.models import Failure, OrmQ, Schedule, Success
+from simple_history.admin import SimpleHistoryAdmin
 
 from audit.services import Actor
 from desk.engine import step_definition
 from desk.forms import StartRunForm
-from desk.models import OutboxMessage, Run
-from desk.selectors import run_audit_events, run_steps
-from desk.services import RunError, cancel_run, start_run
+from desk.models import ModelPrice, OutboxMessage, Run
+from desk.selectors import SERVICE_LEVELS, run_audit_events, run_steps, runs_at_service_level
+from desk.services import RunError, cancel_run, sla_state, start_run
 from roles.models import Role
 from tenants.admin_scoping import (
     TenantScopedAdmin,
     confirm_with_reason,
     dump_json,
     pretty_json,
+    render_form_page,
     scoped_choices,
 )
 from tenants.models import Tenant
@@ -50,6 +54,24 @@ def run_link(run_id: int | None, label: str = ""):
     return format_html('<a href="{}">{}</a>', url, label or f"Run #{run_id}")
 
 
+SLA_LABELS = {"on_track": "On track", "at_risk": "At risk", "breached": "Breached"}
+
+
+class ServiceLevelFilter(admin.SimpleListFilter):
+    """Open runs at risk of missing, or past, their role's target turnaround."""
+
+    title = "service level"
+    parameter_name = "service_level"
+
+    def lookups(self, request, model_admin):
+        return [(level, SLA_LABELS[level]) for level in SERVICE_LEVELS]
+
+    def queryset(self, request, queryset):
+        if self.value() in SERVICE_LEVELS:
+            return runs_at_service_level(queryset, self.value(), now=timezone.now())
+        return queryset
+
+
 @admin.register(Run)
 class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
     change_access = delete_access = None  # a run changes through its steps, not by hand
@@ -60,14 +82,16 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "tenant",
         "role",
         "version",
-        "status",
+        "status_badge",
+        "service_level",
         "via",
         "starter",
         "created_at",
         "finished_at",
         "tokens",
+        "cost_display",
     )
-    list_filter = ("status", "role", "tenant", "via")
+    list_filter = ("status", ServiceLevelFilter, "role", "tenant", "via")
     list_select_related = ("tenant", "role", "role_version")
     search_fields = ("started_by_label", "role__name", "role__slug", "error")
     date_hierarchy = "created_at"
@@ -85,6 +109,7 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
                     "finished_at",
                     "prompt_tokens",
                     "completion_tokens",
+                    "cost_display",
                 )
             },
         ),
@@ -105,6 +130,7 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "finished_at",
         "prompt_tokens",
         "completion_tokens",
+        "cost_display",
     )
 
     @admin.display(description="version", ordering="role_version__number")
@@ -119,6 +145,23 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="tokens")
     def tokens(self, obj):
         return obj.total_tokens
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_display(self, obj):
+        return f"{obj.cost:.4f}"
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return format_html(
+            '<span class="desk-badge {}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description="service level")
+    def service_level(self, obj):
+        state = sla_state(obj, now=timezone.now())
+        if state not in SLA_LABELS:
+            return "—"  # finished: no longer measured
+        return format_html('<span class="desk-sla {}">{}</span>', state, SLA_LABELS[state])
 
     @admin.display(description="input")
     def input_pretty(self, obj):
@@ -198,26 +241,15 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         return {"tenant": role.tenant, "role": role, "input": dict.fromkeys(properties, "")}
 
     def _render_start_form(self, request, form, role):
-        fieldsets = [(None, {"fields": ["tenant", "role", "input"]})]
-        admin_form = helpers.AdminForm(form, fieldsets, {}, model_admin=self)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Start a run",
-            "adminform": admin_form,
-            "object_id": None,
-            "original": None,
-            "is_popup": False,
-            "to_field": None,
-            "media": self.media + admin_form.media,
-            "inline_admin_formsets": [],
-            "errors": helpers.AdminErrorList(form, []),
-            "preserved_filters": self.get_preserved_filters(request),
-            "show_save_and_add_another": False,
-            "show_save_and_continue": False,
-            "chosen_role": role,
-            "input_schema_json": dump_json(role.input_schema) if role else "",
-        }
-        return self.render_change_form(request, context, add=True)
+        return render_form_page(
+            self,
+            request,
+            form,
+            title="Start a run",
+            fields=["tenant", "role", "input"],
+            chosen_role=role,
+            input_schema_json=dump_json(role.input_schema) if role else "",
+        )
 
     # --- cancel -------------------------------------------------------------------------
 
@@ -302,16 +334,23 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
         return pretty_json(obj.payload)
 
 
-# --- django-q2: the platform's task queue ----------------------------------------------------
+# --- the platform's own tables ----------------------------------------------------------------
 
 
 class PlatformStaffOnly:
-    """Tasks, schedules and failures span every tenant: platform staff only (the flag, or a
-    superuser), never a tenant's people."""
+    """Tables that span every tenant: platform staff only, never a tenant's people.
+
+    django-q2's tasks, schedules and failures also admit superusers (as they always have);
+    tables that only flagged platform staff reach set `admits_superusers = False`.
+    """
+
+    admits_superusers = True
 
     def is_platform(self, request) -> bool:
         user = request.user
-        return user.is_active and (user.is_superuser or is_platform_staff(user))
+        if not user.is_active:
+            return False
+        return is_platform_staff(user) or (self.admits_superusers and user.is_superuser)
 
     def has_module_permission(self, request):
         return self.is_platform(request)
@@ -328,6 +367,22 @@ class PlatformStaffOnly:
 
     def has_delete_permission(self, request, obj=None):
         return self.is_platform(request)
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(PlatformStaffOnly, SimpleHistoryAdmin):
+    """What each model costs; every step's cost is computed from this table when it runs
+    (a change applies to calls from then on, not to the usage already counted)."""
+
+    admits_superusers = False
+    list_display = ("model", "prompt_per_million", "completion_per_million", "updated_at")
+    search_fields = ("model",)
+    ordering = ("model",)
+    fields = ("model", "prompt_per_million", "completion_per_million", "updated_at")
+    readonly_fields = ("updated_at",)
+
+    def has_add_permission(self, request):
+        return self.is_platform(request)  # not Django's model permissions
 
 
 for _model in (Schedule, Success, Failure, OrmQ):

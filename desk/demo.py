@@ -370,6 +370,7 @@ def seed_demo(*, stdout=None) -> dict[str, int]:
                 tenant = tenants[tenant_slug]
                 if not tenant.records.filter(reference=reference).exists():
                     upsert_client_record(
+                        actor=system,
                         tenant=tenant,
                         reference=reference,
                         kind=kind,

@@ -100,7 +100,6 @@ def _finish_run(run: Run, status: str, *, error: str = "", action: str) -> None:
     run.finished_at = now
     run.error = error
     run.save(update_fields=["status", "finished_at", "error", "updated_at"])
-    services.admit_runs(tenant_id=run.tenant_id)
     record(
         tenant=run.tenant_id,
         actor=Actor.system("engine"),
@@ -109,6 +108,7 @@ def _finish_run(run: Run, status: str, *, error: str = "", action: str) -> None:
         run_id=run.pk,
         data={"status": status, "error": error} if error else {"status": status},
     )
+    services.admit_runs(tenant_id=run.tenant_id)  # after the audit write: see lock_chain
 
 
 def _park(run: Run, step: StepRun, *, rule, proposal: dict[str, Any]) -> None:
@@ -166,14 +166,14 @@ def lease_next_step(
             return None
     with rls.tenant_context(tenant_id):
         run = (
-            Run.objects.select_for_update(of=("self",))
+            Run.objects.select_for_update(of=("self",), no_key=True)
             .select_related("tenant", "role", "role_version")
             .filter(pk=run_id)
             .first()
         )
         if run is None or run.status != Run.Status.RUNNING:
             return None  # not admitted yet, parked, or over
-        steps = list(run.steps.select_for_update().order_by("index"))
+        steps = list(run.steps.select_for_update(no_key=True).order_by("index"))
         step = next((s for s in steps if s.status != StepRun.Status.COMPLETED), None)
         if step is None:
             _finish_run(run, Run.Status.COMPLETED, action="run.completed")
@@ -417,11 +417,11 @@ def checkpoint(lease: Lease, outcome: Outcome) -> bool:
     """
     with rls.tenant_context(lease.run.tenant_id):
         run = (
-            Run.objects.select_for_update(of=("self",))
+            Run.objects.select_for_update(of=("self",), no_key=True)
             .select_related("tenant", "role", "role_version")
             .get(pk=lease.run.pk)
         )
-        step = StepRun.objects.select_for_update().get(pk=lease.step.pk)
+        step = StepRun.objects.select_for_update(no_key=True).get(pk=lease.step.pk)
         if (
             step.status != StepRun.Status.RUNNING
             or step.lease_owner != lease.owner

@@ -1,12 +1,35 @@
-"""Reused reads of runs and their steps."""
+"""Reused reads of runs and their steps, and of what tenants are using."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DateTimeField,
+    DecimalField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Cast, Coalesce
 
 from audit.models import AuditEvent
-from desk.models import Run, StepRun
+from desk.models import Run, StepRun, TenantUsage
+from desk.services import month_start
+from tenants.models import Tenant
 from tenants.scoping import scope_to_tenant
+
+THROUGHPUT_WINDOW = timedelta(minutes=5)
+# desk.services.sla_state: a run is at risk once this share of its role's turnaround is used.
+AT_RISK_SHARE = 0.8
 
 
 def run_steps(run: Run) -> QuerySet[StepRun]:
@@ -23,3 +46,91 @@ def run_audit_events(run: Run) -> QuerySet[AuditEvent]:
     """The audit trail of one run, within the run's own tenant, in chain order."""
     events = AuditEvent.objects.filter(run_id=run.pk)
     return scope_to_tenant(events, run.tenant).order_by("seq")
+
+
+# --- capacity ------------------------------------------------------------------------------
+
+
+def _count_per_tenant(queryset: QuerySet) -> Coalesce:
+    """How many rows of `queryset` belong to the outer query's tenant (one subquery)."""
+    counted = (
+        queryset.filter(tenant=OuterRef("pk"))
+        .order_by()
+        .values("tenant")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def with_capacity(tenants: QuerySet[Tenant], *, now: datetime) -> QuerySet[Tenant]:
+    """Annotate each tenant with what it is using now, in the same query.
+
+    queued_runs, running_runs, waiting_runs (for approval), held_runs (on hold);
+    recent_steps: steps completed in the last THROUGHPUT_WINDOW; month_tokens and month_cost:
+    this calendar month's usage.
+    """
+    runs = Run.objects.all()
+    usage = TenantUsage.objects.filter(tenant=OuterRef("pk"), month=month_start(now))
+    return tenants.annotate(
+        queued_runs=_count_per_tenant(runs.filter(status=Run.Status.QUEUED)),
+        running_runs=_count_per_tenant(runs.filter(status=Run.Status.RUNNING)),
+        waiting_runs=_count_per_tenant(runs.filter(status=Run.Status.WAITING_APPROVAL)),
+        held_runs=_count_per_tenant(runs.filter(status=Run.Status.ON_HOLD)),
+        recent_steps=_count_per_tenant(
+            StepRun.objects.filter(
+                status=StepRun.Status.COMPLETED, finished_at__gte=now - THROUGHPUT_WINDOW
+            )
+        ),
+        month_tokens=Coalesce(
+            Subquery(
+                usage.annotate(
+                    total=ExpressionWrapper(
+                        F("prompt_tokens") + F("completion_tokens"),
+                        output_field=BigIntegerField(),
+                    )
+                ).values("total")[:1],
+                output_field=BigIntegerField(),
+            ),
+            0,
+        ),
+        month_cost=Coalesce(
+            Subquery(
+                usage.values("cost")[:1],
+                output_field=DecimalField(max_digits=14, decimal_places=6),
+            ),
+            Value(Decimal(0)),
+            output_field=DecimalField(max_digits=14, decimal_places=6),
+        ),
+    )
+
+
+# --- service levels ------------------------------------------------------------------------
+
+SERVICE_LEVELS = ("at_risk", "breached")
+
+
+def _turnaround_after_start(per_minute: timedelta) -> ExpressionWrapper:
+    """created_at + the role's target turnaround (in minutes) * per_minute."""
+    # Cast: SQLite multiplies a duration by plain integer columns only; the wrappers give
+    # each step its type, which Django cannot infer for integer * duration.
+    minutes = Cast("role__target_turnaround_minutes", IntegerField())
+    turnaround = ExpressionWrapper(minutes * Value(per_minute), output_field=DurationField())
+    return ExpressionWrapper(F("created_at") + turnaround, output_field=DateTimeField())
+
+
+def runs_at_service_level(runs: QuerySet[Run], level: str, *, now: datetime) -> QuerySet[Run]:
+    """The open runs that desk.services.sla_state would call `level` ("at_risk" or
+    "breached") at `now`, compared in the database against each role's target turnaround.
+
+    Raises ValueError for another level.
+    """
+    if level not in SERVICE_LEVELS:
+        raise ValueError(f"unknown service level {level!r}")
+    runs = runs.filter(status__in=Run.OPEN_STATUSES).alias(
+        due_at=_turnaround_after_start(timedelta(minutes=1)),
+        at_risk_at=_turnaround_after_start(timedelta(minutes=AT_RISK_SHARE)),
+    )
+    if level == "breached":
+        return runs.filter(due_at__lte=now)
+    return runs.filter(at_risk_at__lte=now, due_at__gt=now)

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit.services import Actor, record
+from audit.services import Actor, lock_chain, record
 from desk.gates import get_gate
 from desk.models import ModelPrice, OutboxMessage, Run, StepRun, TenantUsage
 from roles.models import Role, RoleVersion
@@ -126,7 +126,8 @@ def admit_runs(*, tenant_id: int) -> list[int]:
     from desk.tasks import enqueue_advance
 
     with rls.tenant_context(tenant_id):
-        tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+        lock_chain(tenant_id)
+        tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant_id)
         if not tenant.is_active:
             return []
         running = Run.objects.filter(tenant_id=tenant_id, status=Run.Status.RUNNING).count()
@@ -136,7 +137,7 @@ def admit_runs(*, tenant_id: int) -> list[int]:
         admitted = list(
             Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
             .order_by("created_at", "pk")
-            .select_for_update(skip_locked=True)
+            .select_for_update(no_key=True, skip_locked=True)
             .values_list("pk", flat=True)[:free]
         )
         if admitted:
@@ -188,7 +189,7 @@ def cancel_run(*, run: Run, actor: Actor, reason: str) -> Run:
     Raises RunError (code run_closed) when the run has already ended.
     """
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run.pk)
+        run = Run.objects.select_for_update(no_key=True).get(pk=run.pk)
         if not run.is_open:
             raise RunError("run_closed", f"The run is already {run.get_status_display().lower()}.")
         run.steps.exclude(status=StepRun.Status.COMPLETED).update(
@@ -215,8 +216,8 @@ def cancel_run(*, run: Run, actor: Actor, reason: str) -> Run:
 
 
 def _locked_parked_step(step: StepRun) -> tuple[Run, StepRun]:
-    run = Run.objects.select_for_update().get(pk=step.run_id)
-    step = StepRun.objects.select_for_update().get(pk=step.pk)
+    run = Run.objects.select_for_update(no_key=True).get(pk=step.run_id)
+    step = StepRun.objects.select_for_update(no_key=True).get(pk=step.pk)
     if step.status != StepRun.Status.WAITING_APPROVAL or run.status != Run.Status.WAITING_APPROVAL:
         raise RunError("not_waiting", "This step is no longer waiting for approval.")
     return run, step
@@ -382,7 +383,8 @@ def lift_budget(*, tenant: Tenant, actor: Actor, reason: str) -> list[int]:
     now = timezone.now()
     next_month = (month_start(now) + timedelta(days=32)).replace(day=1)
     with rls.tenant_context(tenant.pk):
-        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        lock_chain(tenant.pk)
+        tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant.pk)
         tenant.budget_lifted_until = datetime.combine(next_month, time.min, tzinfo=UTC)
         tenant._history_user = actor.user
         tenant.save(update_fields=["budget_lifted_until"])
@@ -458,7 +460,7 @@ def deliver_outbox_message(*, message_id: int) -> OutboxMessage | None:
     if tenant_id is None:
         return None
     with rls.tenant_context(tenant_id):
-        message = OutboxMessage.objects.select_for_update().filter(pk=message_id).first()
+        message = OutboxMessage.objects.select_for_update(no_key=True).filter(pk=message_id).first()
         if message is None or message.status != OutboxMessage.Status.PENDING:
             return message
         message.attempts += 1
@@ -535,7 +537,7 @@ def _reap_tenant(*, tenant_id: int, now) -> int:
         expired = StepRun.objects.filter(
             tenant_id=tenant_id, status=StepRun.Status.RUNNING, lease_expires_at__lt=now
         )
-        for step in expired.select_for_update(skip_locked=True)[:500]:
+        for step in expired.select_for_update(no_key=True, skip_locked=True)[:500]:
             record(
                 tenant=tenant_id,
                 actor=Actor.system("reaper"),

@@ -1,15 +1,18 @@
-"""Roles and their versions in the admin: write drafts, publish, activate, roll back."""
+"""Roles and their versions in the admin: write drafts, publish, activate, roll back, and
+send a share of new runs to a canary version."""
 
 from __future__ import annotations
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import slug_re
+from django.http import Http404
 from django.shortcuts import redirect
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from audit.services import Actor
@@ -19,19 +22,24 @@ from roles.services import (
     create_role,
     create_role_version,
     publish_role_version,
+    set_canary,
+    update_role,
 )
 from roles.workflow import CATEGORIES, STEP_KINDS, validate_json_schema
 from tenants.admin_scoping import (
     PrettyJSONField,
     TenantScopedAdmin,
     TenantScopedHistoryAdmin,
+    add_service_error,
     pretty_json,
+    render_form_page,
     scoped_choices,
     single_selected,
     username_of,
 )
 from tenants.permissions import can_operate_tenant
 
+# What a role's page changes (through update_role); tenant and slug are fixed once created.
 ROLE_FIELDS = (
     "purpose",
     "outputs",
@@ -166,16 +174,25 @@ class RoleAdmin(TenantScopedHistoryAdmin):
         return ("tenant", "slug", "active", "canary", "created_at")
 
     def save_model(self, request, obj, form, change):
+        actor = Actor.for_user(request.user)
         if change:
-            super().save_model(request, obj, form, change)
+            changes = {
+                name: form.cleaned_data[name]
+                for name in ("name", "input_schema", *ROLE_FIELDS)
+                if name in form.fields
+            }
+            self.call_service(form, lambda: update_role(role=obj, actor=actor, changes=changes))
             return
-        role = create_role(
-            tenant=obj.tenant,
-            slug=obj.slug,
-            name=obj.name,
-            input_schema=obj.input_schema,
-            actor=Actor.for_user(request.user),
-            **{name: form.cleaned_data[name] for name in ROLE_FIELDS},
+        role = self.call_service(
+            form,
+            lambda: create_role(
+                tenant=obj.tenant,
+                slug=obj.slug,
+                name=obj.name,
+                input_schema=obj.input_schema,
+                actor=actor,
+                **{name: form.cleaned_data[name] for name in ROLE_FIELDS},
+            ),
         )
         obj.pk, obj.created_at = role.pk, role.created_at
 
@@ -183,6 +200,80 @@ class RoleAdmin(TenantScopedHistoryAdmin):
         if obj is not None:
             context["may_operate"] = can_operate_tenant(request.user, obj.tenant)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # --- canary ---------------------------------------------------------------------------
+
+    def get_urls(self):
+        canary = path(
+            "<path:object_id>/canary/",
+            self.admin_site.admin_view(self.canary_view),
+            name="roles_role_canary",
+        )
+        return [canary, *super().get_urls()]
+
+    def canary_view(self, request, object_id):
+        role = self.get_object(request, unquote(object_id))
+        if role is None:
+            raise Http404("No role with this id.")
+        if not self.has_change_permission(request, role):
+            raise PermissionDenied
+        form = CanaryForm(request.POST if request.method == "POST" else None, role=role)
+        if form.is_bound and form.is_valid():
+            version, percent = form.cleaned_data["version"], form.cleaned_data["percent"]
+            try:
+                role = set_canary(
+                    role=role, version=version, percent=percent, actor=Actor.for_user(request.user)
+                )
+            except ValidationError as exc:
+                add_service_error(form, exc)
+            else:
+                self.message_user(request, canary_message(role), messages.SUCCESS)
+                return redirect("admin:roles_role_change", role.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Canary of {role.name}",
+            "opts": self.opts,
+            "original": role,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/roles/role/canary.html", context)
+
+
+def canary_message(role: Role) -> str:
+    if role.canary_version is None:
+        return f"No canary: every new run of {role.name} uses the active version."
+    return (
+        f"{role.canary_percent}% of new runs of {role.name} now use "
+        f"v{role.canary_version.number}; the rest use the active version."
+    )
+
+
+class CanaryForm(forms.Form):
+    version = forms.ModelChoiceField(
+        queryset=RoleVersion.objects.none(),
+        required=False,
+        empty_label="No canary",
+        help_text="A published version other than the active one.",
+    )
+    percent = forms.IntegerField(
+        min_value=0,
+        max_value=100,
+        help_text="The share of new runs that use it, from 1 to 100 (0 stops the canary).",
+    )
+
+    def __init__(self, *args, role: Role, **kwargs):
+        kwargs.setdefault(
+            "initial", {"version": role.canary_version, "percent": role.canary_percent or 10}
+        )
+        super().__init__(*args, **kwargs)
+        self.fields["version"].queryset = (
+            role.versions.filter(status=RoleVersion.Status.PUBLISHED)
+            .exclude(pk=role.active_version_id)
+            .order_by("-number")
+        )
+        self.fields["version"].label_from_instance = lambda version: (
+            f"v{version.number} · {version.change_note or 'no note'}"
+        )
 
 
 class NewVersionForm(forms.Form):
@@ -345,27 +436,16 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
         }
 
     def _render_add_form(self, request, form):
-        fieldsets = [(None, {"fields": ["role", "definition", "change_note"]})]
-        admin_form = helpers.AdminForm(form, fieldsets, {}, model_admin=self)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "New role version",
-            "adminform": admin_form,
-            "object_id": None,
-            "original": None,
-            "is_popup": False,
-            "to_field": None,
-            "media": self.media + admin_form.media,
-            "inline_admin_formsets": [],
-            "errors": helpers.AdminErrorList(form, []),
-            "preserved_filters": self.get_preserved_filters(request),
-            "show_save_and_add_another": False,
-            "show_save_and_continue": False,
-            "tools": sorted(settings.DESK_TOOLS),
-            "step_kinds": STEP_KINDS,
-            "categories": CATEGORIES,
-        }
-        return self.render_change_form(request, context, add=True)
+        return render_form_page(
+            self,
+            request,
+            form,
+            title="New role version",
+            fields=["role", "definition", "change_note"],
+            tools=sorted(settings.DESK_TOOLS),
+            step_kinds=STEP_KINDS,
+            categories=CATEGORIES,
+        )
 
     # --- actions ------------------------------------------------------------------------
 
@@ -412,4 +492,6 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["may_operate"] = can_operate_tenant(request.user, obj.tenant)
+            # Four eyes: whoever wrote a draft leaves its publication to another operator.
+            context["is_author"] = obj.created_by_id == request.user.pk
         return super().render_change_form(request, context, add, change, form_url, obj)

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit.services import Actor, record
+from audit.services import Actor, apply_changes, record
 from roles.models import Role, RoleVersion
 from roles.workflow import validate_definition, validate_json_schema
 from tenants.models import Tenant
@@ -38,6 +38,68 @@ def create_role(
     return role
 
 
+ROLE_FIELDS = {
+    "name",
+    "purpose",
+    "input_schema",
+    "outputs",
+    "target_turnaround_minutes",
+    "escalation_conditions",
+    "allowed_tools",
+    "allowed_data_kinds",
+}
+
+
+def update_role(*, role: Role, actor: Actor, changes: dict[str, Any]) -> Role:
+    """Change a role's job description (not its versions: see create_role_version).
+
+    Raises ValidationError on invalid values or input schema.
+    """
+    with transaction.atomic():
+        role = Role.objects.select_for_update(no_key=True).get(pk=role.pk)
+        diff = apply_changes(role, changes, allowed=ROLE_FIELDS)
+        if not diff:
+            return role
+        validate_json_schema(role.input_schema, label="The input schema")
+        role.full_clean()
+        role._history_user = actor.user
+        role.save(update_fields=list(diff))
+        record(tenant=role.tenant_id, actor=actor, action="role.updated", obj=role, data=diff)
+    return role
+
+
+def set_canary(*, role: Role, version: RoleVersion | None, percent: int, actor: Actor) -> Role:
+    """Send a share of new runs to another published version (None or 0 % stops it).
+
+    Raises ValidationError for a draft, another role's version, the active version, or a
+    share outside 0-100.
+    """
+    with transaction.atomic():
+        role = Role.objects.select_for_update(no_key=True).get(pk=role.pk)
+        if version is None or percent == 0:
+            version, percent = None, 0
+        else:
+            version = RoleVersion.objects.get(pk=version.pk)
+            if version.role_id != role.pk or not version.is_published:
+                raise ValidationError("The canary must be a published version of this role.")
+            if version.pk == role.active_version_id:
+                raise ValidationError("The canary must differ from the active version.")
+            if not 0 < percent <= 100:
+                raise ValidationError("The canary share is a percentage from 1 to 100.")
+        role.canary_version = version
+        role.canary_percent = percent
+        role._history_user = actor.user
+        role.save(update_fields=["canary_version", "canary_percent"])
+        record(
+            tenant=role.tenant_id,
+            actor=actor,
+            action="role.canary_set",
+            obj=role,
+            data={"version": version.number if version else None, "percent": percent},
+        )
+    return role
+
+
 def create_role_version(
     *, role: Role, definition: dict[str, Any], actor: Actor, change_note: str = ""
 ) -> RoleVersion:
@@ -47,7 +109,7 @@ def create_role_version(
     """
     validate_definition(definition, allowed_tools=role.allowed_tools or None)
     with transaction.atomic():
-        Role.objects.select_for_update().filter(pk=role.pk).first()
+        Role.objects.select_for_update(no_key=True).filter(pk=role.pk).first()
         last = role.versions.aggregate(last=Max("number"))["last"] or 0
         version = RoleVersion(
             role=role,
@@ -74,12 +136,16 @@ def publish_role_version(
 ) -> RoleVersion:
     """Freeze a draft version and (by default) make it the one new runs use.
 
-    Raises ValidationError when the version is already published or invalid.
+    Raises ValidationError when the version is already published, invalid, or the actor
+    wrote it (four eyes).
     """
     with transaction.atomic():
-        version = RoleVersion.objects.select_for_update().get(pk=version.pk)
+        version = RoleVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
         if version.is_published:
             raise ValidationError("This version is already published.")
+        if actor.user is not None and version.created_by_id == actor.user.pk:
+            # Four eyes: whoever wrote a version does not put it in front of clients alone.
+            raise ValidationError("Another operator must publish the version you wrote.")
         validate_definition(version.definition, allowed_tools=version.role.allowed_tools or None)
         version.status = RoleVersion.Status.PUBLISHED
         version.published_by = actor.user
@@ -104,7 +170,7 @@ def activate_role_version(*, version: RoleVersion, actor: Actor) -> Role:
     Raises ValidationError for a draft version.
     """
     with transaction.atomic():
-        role = Role.objects.select_for_update().get(pk=version.role_id)
+        role = Role.objects.select_for_update(no_key=True).get(pk=version.role_id)
         if not version.is_published:
             raise ValidationError("Only a published version can be activated.")
         previous = role.active_version

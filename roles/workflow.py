@@ -96,7 +96,7 @@ def validate_json_schema(schema: Any, *, label: str) -> None:
 
 def schema_errors(schema: dict, instance: Any) -> list[dict[str, str]]:
     """Every way `instance` fails `schema`, as [{"field", "message"}] (empty when valid)."""
-    validator = _validator_class(schema)
+    validator = _validator_class(schema, format_checker=_validator_class.FORMAT_CHECKER)
     errors = []
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.path)):
         field = ".".join(str(p) for p in error.path) or "(root)"

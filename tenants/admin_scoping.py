@@ -5,12 +5,17 @@ sees, may change and may pick in a form follows from their memberships (and brea
 grants) through `tenants.scoping` and `tenants.permissions` — never from Django model
 permissions nor the superuser flag, which open no tenant.
 
+Saves and deletes go through the apps' services; a ValidationError a service raises after
+the form accepted the input (a rule the form cannot see, such as a slug taken in a tenant
+the user may not read) is shown on the form again, and nothing is written.
+
 Also here: the few widgets and helpers every app's admin shares (pretty JSON, the
-confirmation page of actions that need a reason).
+confirmation page of actions, the page of a form that is not a model form).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,10 +23,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.utils import get_fields_from_path, unquote
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.constants import LOOKUP_SEP
@@ -190,7 +196,10 @@ class TenantScopedAdmin:
     # --- what the user sees ------------------------------------------------------------
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
+        return self.scope_queryset(request, super().get_queryset(request))
+
+    def scope_queryset(self, request, queryset):
+        """The rows of the tenants the user may see (as one of the kinds the admin needs)."""
         kinds = self._visible_kinds()
         if kinds == ():
             return queryset.none()
@@ -230,6 +239,10 @@ class TenantScopedAdmin:
         """For admin actions declared with permissions=["operate"]."""
         return may(request.user, "operate", obj)
 
+    def has_platform_permission(self, request, obj=None):
+        """For admin actions declared with permissions=["platform"]."""
+        return may(request.user, PLATFORM, obj)
+
     def save_form(self, request, form, change):
         # The form only offers the user's own tenants; this is the last line all the same:
         # the object about to be written must belong to a tenant the user may write to.
@@ -238,6 +251,35 @@ class TenantScopedAdmin:
         if not allowed(request, obj):
             raise PermissionDenied
         return obj
+
+    # --- what a service refuses -------------------------------------------------------
+
+    def call_service(self, form, call: Callable[[], Any]):
+        """Make save_model's service call; a ValidationError it raises goes on the form, which
+        the add or change page shows again (Django's view rolls its transaction back)."""
+        try:
+            return call()
+        except ValidationError as exc:
+            add_service_error(form, exc)
+            raise ServiceRefused(form) from exc
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceRefused as refused:
+            # Django's view has rolled back; show the page as for a GET, with the form as
+            # posted and the service's errors on it (get_form hands that form back).
+            display_request = copy.copy(request)
+            display_request.method = "GET"
+            display_request.desk_refused_form = refused.form
+            return super().changeform_view(display_request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change, **kwargs)
+        refused = getattr(request, "desk_refused_form", None)
+        if refused is None:
+            return form_class
+        return lambda *args, **kwargs: refused
 
     # --- what forms offer --------------------------------------------------------------
 
@@ -290,6 +332,24 @@ class TenantScopedAdmin:
         return super().history_view(request, object_id, extra_context)
 
 
+class ServiceRefused(Exception):
+    """A service refused what the form accepted; the form carries the errors."""
+
+    def __init__(self, form):
+        super().__init__("refused by the service")
+        self.form = form
+
+
+def add_service_error(form, error: ValidationError) -> None:
+    """Put a service's ValidationError on the form: on the fields it names, if the form has
+    them, otherwise above the form."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)
+
+
 class TenantScopedHistoryAdmin(TenantScopedAdmin, SimpleHistoryAdmin):
     """A scoped admin with simple-history's pages; history is for reading, never reverting
     (writes go through the services)."""
@@ -308,9 +368,12 @@ class TenantScopedHistoryAdmin(TenantScopedAdmin, SimpleHistoryAdmin):
 class ReasonForm(forms.Form):
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 80}))
 
-    def __init__(self, *args, label: str, **kwargs):
+    def __init__(self, *args, label: str | None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["reason"].label = label
+        if label is None:
+            del self.fields["reason"]  # a plain "Are you sure?"
+        else:
+            self.fields["reason"].label = label
 
 
 def confirm_with_reason(
@@ -321,13 +384,14 @@ def confirm_with_reason(
     action: str,
     title: str,
     question: str,
-    label: str,
+    label: str | None,
     submit: str,
     apply: Callable[[Any, str], None],
 ):
-    """An action's confirmation page asking why (like delete_selected, plus a text box).
+    """An action's confirmation page asking why (like delete_selected, plus a text box;
+    without a `label`, no text box).
 
-    Renders the page until it is posted back with a reason, then calls `apply(obj, reason)`
+    Renders the page until it is posted back (with a reason), then calls `apply(obj, reason)`
     for each selected object and returns None (the changelist follows).
     """
     if not queryset.exists():
@@ -338,7 +402,7 @@ def confirm_with_reason(
     form = ReasonForm(request.POST if "confirm" in request.POST else None, label=label)
     if form.is_bound and form.is_valid():
         for obj in queryset:
-            apply(obj, form.cleaned_data["reason"])
+            apply(obj, form.cleaned_data.get("reason", ""))
         return None
     opts = modeladmin.model._meta
     context = {
@@ -350,7 +414,7 @@ def confirm_with_reason(
         "objects": list(queryset),
         "action": action,
         "opts": opts,
-        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "is_popup": IS_POPUP_VAR in request.GET,
     }
     request.current_app = modeladmin.admin_site.name
@@ -368,3 +432,34 @@ def single_selected(modeladmin, request, queryset, *, verb: str):
         )
         return None
     return objects[0]
+
+
+def render_form_page(
+    modeladmin,
+    request,
+    form,
+    *,
+    title: str,
+    fields: list[str],
+    **extra,
+):
+    """Show a plain form (not the model's) on the admin's add page, e.g. "Start a run"."""
+    fieldsets = [(None, {"fields": fields})]
+    admin_form = helpers.AdminForm(form, fieldsets, {}, model_admin=modeladmin)
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "adminform": admin_form,
+        "object_id": None,
+        "original": None,
+        "is_popup": False,
+        "to_field": None,
+        "media": modeladmin.media + admin_form.media,
+        "inline_admin_formsets": [],
+        "errors": helpers.AdminErrorList(form, []),
+        "preserved_filters": modeladmin.get_preserved_filters(request),
+        "show_save_and_add_another": False,
+        "show_save_and_continue": False,
+        **extra,
+    }
+    return modeladmin.render_change_form(request, context, add=True)

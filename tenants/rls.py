@@ -245,3 +245,22 @@ def disable_sql(existing_tables: set[str]) -> str:
             f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;"
         )
     return "\n".join(statements)
+
+
+def migration_operation():
+    """The migration step that (re)applies roles, grants and policies to the tables that
+    exist at that point; each migration adding a tenant table ends with one of these."""
+    from django.db import migrations
+
+    def tables(schema_editor) -> set[str]:
+        return set(schema_editor.connection.introspection.table_names())
+
+    def enable(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(enable_sql(tables(schema_editor)))
+
+    def disable(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(disable_sql(tables(schema_editor)))
+
+    return migrations.RunPython(enable, disable, elidable=False)

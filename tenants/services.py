@@ -13,7 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from audit.services import Actor, record
+from audit.services import Actor, apply_changes, lock_chain, record
 from tenants import rls
 from tenants.models import (
     ApiKey,
@@ -38,17 +38,46 @@ def sync_tenant_permissions(*, user, tenant: Tenant) -> None:
             remove_perm(perm, user, tenant)
 
 
+TENANT_SETTINGS = {
+    "max_concurrent_runs",
+    "reserved_steps_per_minute",
+    "priority_weight",
+    "monthly_token_budget",
+    "monthly_cost_budget",
+    "retention_days",
+}
+
+
 def create_tenant(*, slug: str, name: str, actor: Actor, **settings) -> Tenant:
-    """Create a tenant.
+    """Create a tenant (a platform action: it writes outside any tenant's context).
 
     Raises django.core.exceptions.ValidationError on invalid fields.
     """
-    with transaction.atomic():
+    with rls.platform_context():
         tenant = Tenant(slug=slug, name=name, **settings)
         tenant.full_clean()
         tenant._history_user = actor.user
         tenant.save()
         record(tenant=tenant, actor=actor, action="tenant.created", obj=tenant)
+        record(tenant=None, actor=actor, action="tenant.created", obj=tenant, data={"slug": slug})
+    return tenant
+
+
+def update_tenant_settings(*, tenant: Tenant, actor: Actor, changes: dict) -> Tenant:
+    """Change a tenant's capacity, budget or retention.
+
+    Raises ValidationError on invalid values.
+    """
+    with transaction.atomic():
+        lock_chain(tenant.pk)
+        tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant.pk)
+        diff = apply_changes(tenant, changes, allowed=TENANT_SETTINGS)
+        if not diff:
+            return tenant
+        tenant.full_clean()
+        tenant._history_user = actor.user
+        tenant.save(update_fields=list(diff))
+        record(tenant=tenant, actor=actor, action="tenant.updated", obj=tenant, data=diff)
     return tenant
 
 
@@ -110,16 +139,43 @@ def change_membership_kind(*, membership: Membership, kind: str, actor: Actor) -
 
 
 def upsert_client_record(
-    *, tenant: Tenant, reference: str, kind: str, name: str, email: str = "", data=None
+    *,
+    tenant: Tenant,
+    reference: str,
+    kind: str,
+    name: str,
+    actor: Actor,
+    email: str = "",
+    data=None,
 ) -> ClientRecord:
     """Create or update one client record of a tenant."""
     with transaction.atomic():
-        record_obj, _ = ClientRecord.objects.update_or_create(
+        record_obj, created = ClientRecord.objects.update_or_create(
             tenant=tenant,
             reference=reference,
             defaults={"kind": kind, "name": name, "email": email, "data": data or {}},
         )
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="client_record.created" if created else "client_record.updated",
+            obj=record_obj,
+            data={"reference": reference, "kind": kind},
+        )
     return record_obj
+
+
+def delete_client_record(*, client_record: ClientRecord, actor: Actor) -> None:
+    """Remove a client record; the audit trail keeps its reference."""
+    with transaction.atomic():
+        record(
+            tenant=client_record.tenant_id,
+            actor=actor,
+            action="client_record.deleted",
+            obj=client_record,
+            data={"reference": client_record.reference, "kind": client_record.kind},
+        )
+        client_record.delete()
 
 
 KEY_PREFIX = "adk_"
@@ -177,7 +233,7 @@ def create_api_key(
 def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
     """Stop a key from working (idempotent)."""
     with transaction.atomic():
-        api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        api_key = ApiKey.objects.select_for_update(no_key=True).get(pk=api_key.pk)
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             api_key._history_user = actor.user
@@ -298,7 +354,7 @@ def open_break_glass(*, user, tenant: Tenant, reason: str, minutes: int = 60) ->
 def close_break_glass(*, grant: BreakGlassGrant, actor: Actor) -> BreakGlassGrant:
     """End break-glass access before it expires (idempotent)."""
     with rls.platform_context():
-        grant = BreakGlassGrant.objects.select_for_update().get(pk=grant.pk)
+        grant = BreakGlassGrant.objects.select_for_update(no_key=True).get(pk=grant.pk)
         now = timezone.now()
         if grant.ended_at is None and grant.expires_at > now:
             grant.ended_at = now

@@ -6,23 +6,7 @@ CREATEROLE; otherwise create them first, see README "Isolation model").
 
 from django.db import migrations
 
-
-def _tables(schema_editor) -> set[str]:
-    return set(schema_editor.connection.introspection.table_names())
-
-
-def enable(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        from tenants import rls
-
-        schema_editor.execute(rls.enable_sql(_tables(schema_editor)))
-
-
-def disable(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        from tenants import rls
-
-        schema_editor.execute(rls.disable_sql(_tables(schema_editor)))
+from tenants import rls
 
 
 class Migration(migrations.Migration):
@@ -41,4 +25,4 @@ class Migration(migrations.Migration):
         ("contenttypes", "0002_remove_content_type_name"),
     ]
 
-    operations = [migrations.RunPython(enable, disable)]
+    operations = [rls.migration_operation()]

@@ -1,45 +1,14 @@
-"""Row-level security for the break-glass grants table (re-applies tenants/rls.py; idempotent).
-
-Creates the roles agentdesk_app and agentdesk_platform when they are missing (that needs
-CREATEROLE; otherwise create them first, see README "Isolation model").
-"""
+"""Row-level security for the break-glass grants table (tenants/rls.py; idempotent)."""
 
 from django.db import migrations
 
-
-def _tables(schema_editor) -> set[str]:
-    return set(schema_editor.connection.introspection.table_names())
-
-
-def enable(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        from tenants import rls
-
-        schema_editor.execute(rls.enable_sql(_tables(schema_editor)))
-
-
-def disable(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        from tenants import rls
-
-        schema_editor.execute(rls.disable_sql(_tables(schema_editor)))
+from tenants import rls
 
 
 class Migration(migrations.Migration):
     dependencies = [
         ("tenants", "0004_platform_staff_break_glass"),
         ("tenants", "0003_row_level_security"),
-        ("roles", "0001_initial"),
-        ("desk", "0003_run_api_key"),
-        ("approvals", "0001_initial"),
-        ("audit", "0001_initial"),
-        # Every table that exists now gets the grants; later ones get default privileges.
-        ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more"),
-        ("guardian", "0003_remove_groupobjectpermission_guardian_gr_content_ae6aec_idx_and_more"),
-        ("auth", "0012_alter_user_first_name_max_length"),
-        ("admin", "0003_logentry_add_action_flag_choices"),
-        ("sessions", "0001_initial"),
-        ("contenttypes", "0002_remove_content_type_name"),
     ]
 
-    operations = [migrations.RunPython(enable, disable)]
+    operations = [rls.migration_operation()]

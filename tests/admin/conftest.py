@@ -1,4 +1,5 @@
-"""Fixtures of the admin tests: people and a harbor-legal world with one object of every kind."""
+"""Fixtures of the admin tests: people (tenant members and platform staff) and a world with
+one object of every kind in both demo tenants."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ from desk.services import start_run
 from roles.models import Role
 from roles.services import create_role_version
 from tenants.models import Tenant
-from tenants.services import grant_membership
+from tenants.services import (
+    create_api_key,
+    grant_membership,
+    grant_platform_staff,
+    open_break_glass,
+)
 from tests.conftest import INTAKE_INPUT
+
+BREAK_GLASS_REASON = "Ticket 4521: client reports a missing reply"
 
 NORTHWIND_INPUT = {
     "from_email": "priya@example.org",
@@ -56,6 +64,41 @@ def ops_northwind(demo):
     return user
 
 
+@pytest.fixture
+def ops_harbor(demo):
+    """A second operator of harbor-legal: publishes what `ops` writes (four eyes)."""
+    user = get_user_model().objects.create_user(
+        "ops.harbor", "ops.harbor@example.com", "pw-ops-harbor-1", is_staff=True
+    )
+    grant_membership(
+        user=user,
+        tenant=Tenant.objects.get(slug="harbor-legal"),
+        kind="operator",
+        actor=Actor.system("tests"),
+    )
+    return user
+
+
+def make_platform_staff(username: str, **extra):
+    user = get_user_model().objects.create_user(
+        username, f"{username}@example.com", f"pw-{username}-1", is_staff=True, **extra
+    )
+    grant_platform_staff(user=user, actor=Actor.system("tests"))
+    return user
+
+
+@pytest.fixture
+def staff(db):
+    """Platform staff: no tenant's member, so no tenant's data without a break-glass grant."""
+    return make_platform_staff("sre")
+
+
+@pytest.fixture
+def platform_operator(db):
+    """A superuser who is also flagged platform staff: every platform admin is open to them."""
+    return make_platform_staff("root.staff", is_superuser=True)
+
+
 @dataclass
 class World:
     harbor: Tenant
@@ -67,8 +110,9 @@ class World:
 
 def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
     """For each tenant: a completed run (decision, outbox message), a run parked at its gate
-    with a pending request, an escalation, a draft role version; plus the demo's roles,
-    versions, policies, memberships and records."""
+    with a pending request, an escalation, a draft role version, an API key; plus the demo's
+    roles, versions, policies, memberships and records. And platform staff's break-glass grant
+    to harbor-legal."""
     worlds = {}
     for tenant, reviewer, input in (
         (harbor, users["reviewer.harbor"], INTAKE_INPUT),
@@ -96,7 +140,16 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
             actor=Actor.for_user(users["ops"]),
             change_note="Same again",
         )
+        create_api_key(
+            tenant=tenant,
+            name="Website intake",
+            actor=Actor.for_user(users["ops"]),
+            role_slugs=["intake-coordinator"],
+        )
         worlds[tenant.slug] = (done, waiting)
+    open_break_glass(
+        user=make_platform_staff("sre.world"), tenant=harbor, reason=BREAK_GLASS_REASON
+    )
     done, waiting = worlds[harbor.slug]
     return World(
         harbor=harbor,

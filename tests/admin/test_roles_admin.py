@@ -105,8 +105,8 @@ def draft(intake_role, users) -> RoleVersion:
     )
 
 
-def test_publish_and_activate(client, users, intake_role, draft):
-    client.force_login(users["ops"])
+def test_publish_and_activate(client, users, ops_harbor, intake_role, draft):
+    client.force_login(ops_harbor)
 
     response = client.post(
         CHANGELIST_URL,
@@ -117,16 +117,44 @@ def test_publish_and_activate(client, users, intake_role, draft):
     draft.refresh_from_db()
     intake_role.refresh_from_db()
     assert draft.status == RoleVersion.Status.PUBLISHED
-    assert draft.published_by == users["ops"]
+    assert draft.published_by == ops_harbor
     assert intake_role.active_version == draft
     assert [str(m) for m in response.context["messages"]] == [
         "Published intake-coordinator v2; new runs of Intake coordinator use it."
     ]
 
 
-def test_activate_rolls_back_to_an_earlier_version(client, users, intake_role, draft):
+def test_the_author_of_a_version_cannot_publish_it(client, users, intake_role, draft):
     first = intake_role.active_version
-    publish_role_version(version=draft, actor=Actor.for_user(users["ops"]))
+    events = AuditEvent.objects.count()
+    client.force_login(users["ops"])
+
+    page = client.get(reverse("admin:roles_roleversion_change", args=[draft.pk]))
+    response = client.post(
+        CHANGELIST_URL,
+        {"action": "publish_and_activate", "_selected_action": [draft.pk], "index": "0"},
+        follow=True,
+    )
+
+    draft.refresh_from_db()
+    intake_role.refresh_from_db()
+    assert "You wrote this draft: another operator publishes it." in page.content.decode()
+    assert [str(m) for m in response.context["messages"]] == [
+        "intake-coordinator v2 was not published: Another operator must publish the version "
+        "you wrote."
+    ]
+    assert (draft.status, draft.published_by, draft.published_at) == (
+        RoleVersion.Status.DRAFT,
+        None,
+        None,
+    )
+    assert intake_role.active_version == first
+    assert AuditEvent.objects.count() == events
+
+
+def test_activate_rolls_back_to_an_earlier_version(client, users, ops_harbor, intake_role, draft):
+    first = intake_role.active_version
+    publish_role_version(version=draft, actor=Actor.for_user(ops_harbor))
     client.force_login(users["ops"])
 
     client.post(
@@ -236,3 +264,95 @@ def test_a_role_with_an_invalid_input_schema_is_refused(client, users, harbor):
     assert response.status_code == 200
     assert "The input schema is not a valid JSON Schema" in response.content.decode()
     assert not Role.objects.filter(slug="scheduler").exists()
+
+
+def role_form(role, **overrides) -> dict:
+    return {
+        "name": role.name,
+        "input_schema": json.dumps(role.input_schema),
+        "purpose": role.purpose,
+        "outputs": role.outputs,
+        "target_turnaround_minutes": role.target_turnaround_minutes,
+        "escalation_conditions": role.escalation_conditions,
+        "allowed_tools": role.allowed_tools,
+        "allowed_data_kinds": ", ".join(role.allowed_data_kinds),
+        "versions-TOTAL_FORMS": "1",
+        "versions-INITIAL_FORMS": "1",
+        **overrides,
+    }
+
+
+def test_a_role_is_changed_through_the_service(client, users, intake_role):
+    client.force_login(users["ops"])
+
+    response = client.post(
+        reverse("admin:roles_role_change", args=[intake_role.pk]),
+        role_form(intake_role, target_turnaround_minutes=45, slug="renamed"),
+    )
+
+    intake_role.refresh_from_db()
+    event = AuditEvent.objects.get(action="role.updated", object_id=str(intake_role.pk))
+    assert response.status_code == 302
+    assert (intake_role.target_turnaround_minutes, intake_role.slug) == (45, "intake-coordinator")
+    assert event.data == {"target_turnaround_minutes": [60, 45]}
+    assert event.actor_user == users["ops"]
+    assert intake_role.history.first().history_user == users["ops"]
+
+
+def canary_url(role) -> str:
+    return reverse("admin:roles_role_canary", args=[role.pk])
+
+
+@pytest.fixture
+def published(intake_role, draft, ops_harbor) -> RoleVersion:
+    """Version 2, published without being activated: a candidate canary."""
+    return publish_role_version(version=draft, actor=Actor.for_user(ops_harbor), activate=False)
+
+
+def test_the_canary_is_set_from_the_role_page_through_the_service(
+    client, users, intake_role, published
+):
+    client.force_login(users["ops"])
+
+    page = client.get(reverse("admin:roles_role_change", args=[intake_role.pk]))
+    form = client.get(canary_url(intake_role))
+    response = client.post(canary_url(intake_role), {"version": published.pk, "percent": 25})
+
+    intake_role.refresh_from_db()
+    assert canary_url(intake_role) in page.content.decode()
+    assert list(form.context["form"].fields["version"].queryset) == [published]
+    assert response.status_code == 302
+    assert (intake_role.canary_version, intake_role.canary_percent) == (published, 25)
+    event = AuditEvent.objects.get(action="role.canary_set", object_id=str(intake_role.pk))
+    assert event.data == {"version": 2, "percent": 25}
+    assert event.actor_user == users["ops"]
+
+    client.post(canary_url(intake_role), {"version": "", "percent": 25})
+
+    intake_role.refresh_from_db()
+    assert (intake_role.canary_version, intake_role.canary_percent) == (None, 0)
+
+
+def test_a_draft_cannot_be_the_canary(client, users, intake_role, draft):
+    client.force_login(users["ops"])
+
+    response = client.post(canary_url(intake_role), {"version": draft.pk, "percent": 25})
+
+    intake_role.refresh_from_db()
+    assert response.status_code == 200
+    assert "version" in response.context["form"].errors
+    assert (intake_role.canary_version, intake_role.canary_percent) == (None, 0)
+
+
+def test_only_the_roles_operators_set_its_canary(
+    client, users, ops_northwind, intake_role, published
+):
+    for user, status in ((users["reviewer.harbor"], 403), (ops_northwind, 404)):
+        client.force_login(user)
+
+        assert client.get(canary_url(intake_role)).status_code == status
+        response = client.post(canary_url(intake_role), {"version": published.pk, "percent": 50})
+
+        assert response.status_code == status
+    intake_role.refresh_from_db()
+    assert intake_role.canary_version is None

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
+from audit.services import Actor
+from desk.engine import advance_run
 from desk.models import Run
+from desk.services import cancel_run, sla_state
 from roles.models import Role
-from tests.admin.conftest import parked
+from tenants.services import update_tenant_settings
+from tests.admin.conftest import parked, start_intake
 from tests.conftest import INTAKE_INPUT
 
 ADD_URL = reverse("admin:desk_run_add")
@@ -151,3 +158,70 @@ def test_reviewers_see_the_timeline_but_not_the_trail(client, users, parked_run)
     assert response.context["may_audit"] is False
     assert response.context["audit_events"] == []
     assert 'id="audit"' not in response.content.decode()
+
+
+# --- service levels and cost ------------------------------------------------------------
+
+
+def started_minutes_ago(tenant, user, minutes: float) -> Run:
+    run = start_intake(tenant, user)
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=minutes))
+    run.refresh_from_db()
+    return run
+
+
+@pytest.fixture
+def runs_by_age(harbor, users, intake_role) -> dict[str, Run]:
+    """Open intake runs (target turnaround: 60 min) of several ages, and a finished late one."""
+    assert intake_role.target_turnaround_minutes == 60
+    runs = {
+        "on_track": started_minutes_ago(harbor, users["ops"], 10),
+        "at_risk": started_minutes_ago(harbor, users["ops"], 50),
+        "breached": started_minutes_ago(harbor, users["ops"], 61),
+    }
+    finished = started_minutes_ago(harbor, users["ops"], 300)
+    cancel_run(run=finished, actor=Actor.for_user(users["ops"]), reason="Not needed")
+    runs["done"] = finished
+    return runs
+
+
+@pytest.mark.parametrize("level", ["at_risk", "breached"])
+def test_the_service_level_filter_finds_runs_at_risk_or_late(client, users, runs_by_age, level):
+    client.force_login(users["ops"])
+
+    response = client.get(CHANGELIST_URL, {"service_level": level})
+
+    assert response.status_code == 200
+    assert [run.pk for run in response.context["cl"].result_list] == [runs_by_age[level].pk]
+    assert sla_state(runs_by_age[level], now=timezone.now()) == level
+
+
+def test_the_run_list_shows_service_level_cost_and_status(client, users, runs_by_age):
+    Run.objects.filter(pk=runs_by_age["at_risk"].pk).update(cost=Decimal("0.012345"))
+    client.force_login(users["ops"])
+
+    response = client.get(CHANGELIST_URL)
+
+    content = response.content.decode()
+    assert '<span class="desk-sla on_track">On track</span>' in content
+    assert '<span class="desk-sla at_risk">At risk</span>' in content
+    assert '<span class="desk-sla breached">Breached</span>' in content
+    assert '<span class="desk-badge cancelled">Cancelled</span>' in content
+    assert "0.0123" in content
+
+
+def test_a_run_on_hold_stands_out(client, users, harbor):
+    parked(harbor, users["ops"])  # its model calls use up the budget set next
+    update_tenant_settings(
+        tenant=harbor, actor=Actor.system("tests"), changes={"monthly_token_budget": 1}
+    )
+    run = start_intake(harbor, users["ops"])
+    advance_run(run_id=run.pk)
+    client.force_login(users["ops"])
+
+    response = client.get(CHANGELIST_URL, {"status": "on_hold"})
+
+    assert [r.pk for r in response.context["cl"].result_list] == [run.pk]
+    assert '<span class="desk-badge on_hold">On hold (escalated)</span>' in (
+        response.content.decode()
+    )

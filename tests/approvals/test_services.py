@@ -69,3 +69,34 @@ def test_the_resume_is_enqueued_only_after_the_decision_commits(
         assert rung == []
 
     assert rung == [request_.run_id]
+
+
+def test_a_policy_for_another_tenants_role_is_refused(harbor, northwind, users):
+    from django.core.exceptions import ValidationError
+
+    from approvals.models import ApprovalPolicy
+    from approvals.services import save_policy
+    from audit.services import Actor
+    from roles.models import Role
+
+    reporter = Role.objects.get(tenant=northwind, slug="month-end-reporter")
+    policy = ApprovalPolicy(tenant=harbor, role=reporter, category="financial")
+
+    with pytest.raises(ValidationError):
+        save_policy(policy=policy, actor=Actor.for_user(users["ops"]))
+
+    assert not ApprovalPolicy.objects.filter(tenant=harbor, role=reporter).exists()
+
+
+def test_policy_changes_are_audited(harbor, users):
+    from approvals.models import ApprovalPolicy
+    from approvals.services import save_policy
+    from audit.services import Actor
+
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    policy.required_approvals = 2
+
+    save_policy(policy=policy, actor=Actor.for_user(users["ops"]))
+
+    event = AuditEvent.objects.filter(tenant=harbor, action="policy.updated").latest("seq")
+    assert event.data == {"role": None, "required_approvals": [1, 2]}

@@ -1,10 +1,25 @@
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
 from audit.models import AuditEvent
 from audit.services import Actor
 from roles.models import RoleVersion
-from roles.services import activate_role_version, create_role_version, publish_role_version
+from roles.services import (
+    activate_role_version,
+    create_role_version,
+    publish_role_version,
+    set_canary,
+    update_role,
+)
+from tenants.services import grant_membership
+
+
+@pytest.fixture
+def second_operator(harbor):
+    user = get_user_model().objects.create_user("ops2", password="pw-ops2-12345", is_staff=True)
+    grant_membership(user=user, tenant=harbor, kind="operator", actor=Actor.system("t"))
+    return user
 
 
 def test_a_new_version_is_a_numbered_draft_with_history(intake_role, users):
@@ -35,12 +50,12 @@ def test_an_invalid_definition_writes_nothing(intake_role, users):
     assert (RoleVersion.objects.count(), AuditEvent.objects.count()) == before
 
 
-def test_publish_activates_and_rollback_reactivates(intake_role, users):
+def test_publish_activates_and_rollback_reactivates(intake_role, users, second_operator):
     actor = Actor.for_user(users["ops"])
     v1 = intake_role.active_version
     v2 = create_role_version(role=intake_role, definition=v1.definition, actor=actor)
 
-    publish_role_version(version=v2, actor=actor)
+    publish_role_version(version=v2, actor=Actor.for_user(second_operator))
     intake_role.refresh_from_db()
     assert intake_role.active_version == v2
 
@@ -67,3 +82,70 @@ def test_a_published_version_cannot_be_published_again_and_drafts_cannot_activat
         publish_role_version(version=intake_role.active_version, actor=actor)
     with pytest.raises(ValidationError):
         activate_role_version(version=draft, actor=actor)
+
+
+def test_the_author_of_a_version_cannot_publish_it(intake_role, users):
+    actor = Actor.for_user(users["ops"])
+    draft = create_role_version(
+        role=intake_role, definition=intake_role.active_version.definition, actor=actor
+    )
+
+    with pytest.raises(ValidationError, match="Another operator must publish"):
+        publish_role_version(version=draft, actor=actor)
+
+    draft.refresh_from_db()
+    assert draft.status == RoleVersion.Status.DRAFT
+
+
+def test_role_changes_are_audited_with_what_changed(intake_role, users):
+    update_role(
+        role=intake_role,
+        actor=Actor.for_user(users["ops"]),
+        changes={"target_turnaround_minutes": 30, "name": intake_role.name},
+    )
+
+    event = AuditEvent.objects.filter(action="role.updated").latest("pk")
+    assert event.data == {"target_turnaround_minutes": [60, 30]}
+    assert intake_role.history.first().history_user == users["ops"]
+
+
+def test_an_invalid_input_schema_is_refused(intake_role, users):
+    with pytest.raises(ValidationError):
+        update_role(
+            role=intake_role,
+            actor=Actor.for_user(users["ops"]),
+            changes={"input_schema": {"type": "strang"}},
+        )
+
+    intake_role.refresh_from_db()
+    assert intake_role.input_schema["type"] == "object"
+
+
+def test_a_canary_takes_a_share_of_new_runs(intake_role, users, second_operator):
+    from desk.services import start_run
+    from tests.conftest import INTAKE_INPUT
+
+    v2 = create_role_version(
+        role=intake_role,
+        definition=intake_role.active_version.definition,
+        actor=Actor.for_user(users["ops"]),
+    )
+    publish_role_version(version=v2, actor=Actor.for_user(second_operator), activate=False)
+
+    set_canary(role=intake_role, version=v2, percent=100, actor=Actor.for_user(users["ops"]))
+    run = start_run(
+        tenant=intake_role.tenant,
+        role=intake_role,
+        input=INTAKE_INPUT,
+        actor=Actor.system("t"),
+        via="api",
+    )
+
+    assert run.role_version == v2
+    with pytest.raises(ValidationError):
+        set_canary(
+            role=intake_role,
+            version=intake_role.active_version,
+            percent=10,
+            actor=Actor.for_user(users["ops"]),
+        )

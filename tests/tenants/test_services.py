@@ -1,3 +1,5 @@
+import pytest
+
 from audit.models import AuditEvent
 from audit.services import Actor
 from tenants.models import Membership
@@ -75,3 +77,43 @@ def test_scoping_follows_memberships_not_model_permissions(harbor, northwind, us
     assert set(
         scope_to_user(Membership.objects.all(), reviewer).values_list("tenant", flat=True)
     ) == {harbor.pk}
+
+
+def test_settings_changes_are_audited_and_validated(harbor, users):
+    from django.core.exceptions import ValidationError
+
+    from tenants.services import update_tenant_settings
+
+    update_tenant_settings(
+        tenant=harbor, actor=Actor.for_user(users["ops"]), changes={"max_concurrent_runs": 3}
+    )
+
+    event = AuditEvent.objects.filter(tenant=harbor, action="tenant.updated").latest("seq")
+    assert event.data == {"max_concurrent_runs": [10, 3]}
+    with pytest.raises(ValidationError):
+        update_tenant_settings(
+            tenant=harbor, actor=Actor.for_user(users["ops"]), changes={"priority_weight": 0}
+        )
+    harbor.refresh_from_db()
+    assert (harbor.max_concurrent_runs, harbor.priority_weight) == (3, 1)
+
+
+def test_client_record_writes_are_audited(harbor, users):
+    from tenants.services import delete_client_record, upsert_client_record
+
+    actor = Actor.for_user(users["ops"])
+    created = upsert_client_record(
+        tenant=harbor, reference="C-9", kind="contact", name="New", actor=actor
+    )
+    upsert_client_record(
+        tenant=harbor, reference="C-9", kind="contact", name="Renamed", actor=actor
+    )
+    record_id = str(created.pk)
+    delete_client_record(client_record=created, actor=actor)
+
+    assert list(
+        AuditEvent.objects.filter(tenant=harbor, object_id=record_id)
+        .filter(action__startswith="client_record.")
+        .order_by("seq")
+        .values_list("action", flat=True)
+    ) == ["client_record.created", "client_record.updated", "client_record.deleted"]

@@ -1,0 +1,55 @@
+"""`manage.py audit_export --tenant SLUG --format csv|jsonl --out FILE [--since] [--until]`."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from audit.exports import FORMATS, ExportError, describe_period, parse_bound, write_export
+from tenants import rls
+from tenants.models import Tenant
+
+
+class Command(BaseCommand):
+    help = (
+        "Export a tenant's audit events in chain order (seq) as CSV or JSON Lines. "
+        "The file appears only once complete."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", required=True, help="Tenant slug.")
+        parser.add_argument(
+            "--since", help="ISO date or date-time; events at or after it (naive = UTC)."
+        )
+        parser.add_argument(
+            "--until",
+            help="ISO date (that whole day included) or date-time (exclusive end).",
+        )
+        parser.add_argument("--format", required=True, choices=FORMATS)
+        parser.add_argument("--out", required=True, help="The file to write (replaced if present).")
+
+    def handle(self, *args, **options):
+        try:
+            since = parse_bound(options["since"], is_end=False) if options["since"] else None
+            until = parse_bound(options["until"], is_end=True) if options["until"] else None
+        except ExportError as exc:
+            raise CommandError(str(exc)) from None
+        slug = options["tenant"]
+        with rls.platform_context():  # the slug's id: the one cross-tenant read
+            tenant_id = Tenant.objects.filter(slug=slug).values_list("pk", flat=True).first()
+        if tenant_id is None:
+            raise CommandError(f"Unknown tenant '{slug}'.")
+        try:
+            with rls.tenant_context(tenant_id):
+                count = write_export(
+                    path=options["out"],
+                    tenant_id=tenant_id,
+                    format=options["format"],
+                    since=since,
+                    until=until,
+                )
+        except ExportError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"Wrote {count} audit event(s) of {slug} "
+            f"({describe_period(since, until)}) to {options['out']}."
+        )

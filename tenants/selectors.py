@@ -1,0 +1,41 @@
+"""Reused reads of tenants and of platform staff's break-glass grants."""
+
+from __future__ import annotations
+
+from tenants import rls
+from tenants.models import BreakGlassGrant, Tenant
+from tenants.scoping import break_glass_grants, is_platform_staff
+
+
+def active_tenants() -> list[Tenant]:
+    """Every active tenant, by name: those platform staff may open break-glass access to.
+
+    Read under the platform role: a request's own context shows only its user's tenants.
+    """
+    with rls.platform_context():
+        return list(Tenant.objects.active().order_by("name"))
+
+
+def break_glass_tenants(user) -> dict[int, Tenant]:
+    """{tenant id: tenant} of every tenant the user has held a break-glass grant for.
+
+    Read under the platform role, so that grants that have ended still name their tenant;
+    empty for anyone who is not platform staff.
+    """
+    if not is_platform_staff(user):
+        return {}
+    with rls.platform_context():
+        granted = BreakGlassGrant.objects.filter(user=user).values("tenant_id")
+        return {tenant.pk: tenant for tenant in Tenant.objects.filter(pk__in=granted)}
+
+
+def open_break_glass_grants(user) -> list[BreakGlassGrant]:
+    """The user's break-glass grants open now, soonest to expire first, with their tenants."""
+    grant_ids = list(break_glass_grants(user).values())
+    if not grant_ids:
+        return []
+    return list(
+        BreakGlassGrant.objects.filter(pk__in=grant_ids)
+        .select_related("tenant")
+        .order_by("expires_at")
+    )

@@ -1,0 +1,74 @@
+"""Overdue approvals get their policy's treatment once; reviewers are told by e-mail."""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from approvals.models import ApprovalRequest, Escalation
+from approvals.services import notify_reviewers, process_overdue_requests
+from audit.models import AuditEvent
+from desk.models import Run
+
+
+@pytest.fixture
+def overdue(parked_intake):
+    request = ApprovalRequest.objects.get(run=parked_intake)
+    ApprovalRequest.objects.filter(pk=request.pk).update(
+        due_at=timezone.now() - timedelta(minutes=1)
+    )
+    return request
+
+
+def with_rule(request, rule):
+    ApprovalRequest.objects.filter(pk=request.pk).update(on_timeout=rule)
+
+
+def test_remind_e_mails_the_reviewers_once(
+    overdue, django_capture_on_commit_callbacks, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr(
+        "django_q.tasks.async_task", lambda func, **kw: sent.append((func, kw["reminder"]))
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = process_overdue_requests()
+    second = process_overdue_requests()
+
+    assert first == {"remind": 1, "escalate": 0, "reject": 0}
+    assert second == {"remind": 0, "escalate": 0, "reject": 0}
+    assert sent == [("approvals.tasks.notify_reviewers", True)]
+    assert AuditEvent.objects.filter(action="approval.overdue_remind").count() == 1
+
+
+def test_escalate_opens_an_escalation(overdue):
+    with_rule(overdue, "escalate")
+
+    process_overdue_requests()
+
+    escalation = Escalation.objects.get(run=overdue.run)
+    assert escalation.kind == Escalation.Kind.APPROVAL_OVERDUE
+    overdue.refresh_from_db()
+    assert overdue.status == ApprovalRequest.Status.PENDING
+
+
+def test_reject_ends_the_run(overdue):
+    with_rule(overdue, "reject")
+
+    process_overdue_requests()
+
+    overdue.refresh_from_db()
+    assert overdue.status == ApprovalRequest.Status.REJECTED
+    assert Run.objects.get(pk=overdue.run_id).status == Run.Status.REJECTED
+
+
+def test_reviewers_of_the_tenant_get_the_notification(parked_intake):
+    request = ApprovalRequest.objects.get(run=parked_intake)
+
+    count = notify_reviewers(request_id=request.pk)
+
+    assert count == 2  # reviewer.harbor and ops review Harbor Legal
+    assert mail.outbox[0].to == ["ops@agentdesk.example", "reviewer.harbor@agentdesk.example"]
+    assert "Intake coordinator needs your approval" in mail.outbox[0].subject
