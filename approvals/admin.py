@@ -19,7 +19,13 @@ from django.utils.html import format_html
 from approvals.forms import ReviewForm
 from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
 from approvals.permissions import can_resolve_escalation
-from approvals.services import DecisionError, decide, resolve_escalation, save_policy
+from approvals.services import (
+    DecisionError,
+    decide,
+    delete_policy,
+    resolve_escalation,
+    save_policy,
+)
 from audit.services import Actor
 from desk.engine import step_definition
 from desk.selectors import steps_before
@@ -459,3 +465,11 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
 
     def save_model(self, request, obj, form, change):
         self.call_service(form, lambda: save_policy(policy=obj, actor=Actor.for_user(request.user)))
+
+    def delete_model(self, request, obj):
+        delete_policy(policy=obj, actor=Actor.for_user(request.user))
+
+    def delete_queryset(self, request, queryset):
+        # delete_selected has checked each policy's permission on its confirmation page.
+        for policy in queryset.select_related("role"):
+            delete_policy(policy=policy, actor=Actor.for_user(request.user))

@@ -325,3 +325,21 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
         )
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
     return len(emails)
+
+
+def delete_policy(*, policy: ApprovalPolicy, actor: Actor) -> None:
+    """Remove an approval policy; its category falls back to the tenant-wide one or to auto."""
+    with transaction.atomic():
+        record(
+            tenant=policy.tenant_id,
+            actor=actor,
+            action="policy.deleted",
+            obj=policy,
+            data={
+                "role": policy.role.slug if policy.role_id else None,
+                "category": policy.category,
+                "mode": policy.mode,
+            },
+        )
+        policy._history_user = actor.user
+        policy.delete()

@@ -23,7 +23,7 @@ from desk.engine import step_definition
 from desk.forms import StartRunForm
 from desk.models import ModelPrice, OutboxMessage, Run
 from desk.selectors import SERVICE_LEVELS, run_audit_events, run_steps, runs_at_service_level
-from desk.services import RunError, cancel_run, sla_state, start_run
+from desk.services import RunError, cancel_run, set_model_price, sla_state, start_run
 from roles.models import Role
 from tenants.admin_scoping import (
     TenantScopedAdmin,
@@ -379,10 +379,22 @@ class ModelPriceAdmin(PlatformStaffOnly, SimpleHistoryAdmin):
     search_fields = ("model",)
     ordering = ("model",)
     fields = ("model", "prompt_per_million", "completion_per_million", "updated_at")
-    readonly_fields = ("updated_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        # A price belongs to a model name; another model is another row.
+        return ("model", "updated_at") if obj else ("updated_at",)
 
     def has_add_permission(self, request):
         return self.is_platform(request)  # not Django's model permissions
+
+    def save_model(self, request, obj, form, change):
+        saved = set_model_price(
+            model=obj.model,
+            prompt_per_million=obj.prompt_per_million,
+            completion_per_million=obj.completion_per_million,
+            actor=Actor.for_user(request.user),
+        )
+        obj.pk, obj.updated_at = saved.pk, saved.updated_at
 
 
 for _model in (Schedule, Success, Failure, OrmQ):

@@ -23,13 +23,11 @@ from django.db.models.functions import Cast, Coalesce
 
 from audit.models import AuditEvent
 from desk.models import Run, StepRun, TenantUsage
-from desk.services import month_start
+from desk.services import SLA_AT_RISK_SHARE, month_start
 from tenants.models import Tenant
 from tenants.scoping import scope_to_tenant
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
-# desk.services.sla_state: a run is at risk once this share of its role's turnaround is used.
-AT_RISK_SHARE = 0.8
 
 
 def run_steps(run: Run) -> QuerySet[StepRun]:
@@ -129,7 +127,7 @@ def runs_at_service_level(runs: QuerySet[Run], level: str, *, now: datetime) -> 
         raise ValueError(f"unknown service level {level!r}")
     runs = runs.filter(status__in=Run.OPEN_STATUSES).alias(
         due_at=_turnaround_after_start(timedelta(minutes=1)),
-        at_risk_at=_turnaround_after_start(timedelta(minutes=AT_RISK_SHARE)),
+        at_risk_at=_turnaround_after_start(timedelta(minutes=SLA_AT_RISK_SHARE)),
     )
     if level == "breached":
         return runs.filter(due_at__lte=now)

@@ -407,17 +407,52 @@ def lift_budget(*, tenant: Tenant, actor: Actor, reason: str) -> list[int]:
     return held
 
 
+# A run is at risk once it has used this share of its role's target turnaround.
+SLA_AT_RISK_SHARE = 0.8
+
+
 def sla_state(run: Run, *, now) -> str:
-    """on_track, at_risk (80% of the role's turnaround used) or breached; done when closed."""
+    """on_track, at_risk, or breached against the role's target turnaround; done when closed."""
     if not run.is_open:
         return "done"
     target = timedelta(minutes=run.role.target_turnaround_minutes)
     elapsed = now - run.created_at
     if elapsed >= target:
         return "breached"
-    if elapsed >= target * 0.8:
+    if elapsed >= target * SLA_AT_RISK_SHARE:
         return "at_risk"
     return "on_track"
+
+
+def set_model_price(
+    *, model: str, prompt_per_million: Decimal, completion_per_million: Decimal, actor: Actor
+) -> ModelPrice:
+    """Create or change a model's price; calls from then on are costed with it.
+
+    Raises ValidationError on invalid values.
+    """
+    with rls.platform_context():
+        price = ModelPrice.objects.filter(model=model).first() or ModelPrice(model=model)
+        before = (
+            [str(price.prompt_per_million), str(price.completion_per_million)] if price.pk else None
+        )
+        price.prompt_per_million = prompt_per_million
+        price.completion_per_million = completion_per_million
+        price.full_clean()
+        price._history_user = actor.user
+        price.save()
+        record(
+            tenant=None,
+            actor=actor,
+            action="model_price.saved",
+            obj=price,
+            data={
+                "model": model,
+                "before": before,
+                "after": [str(prompt_per_million), str(completion_per_million)],
+            },
+        )
+    return price
 
 
 def _escalate_missed_service_levels(*, tenant_id: int, now) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -96,6 +97,18 @@ CAPACITY_NOW = (
 )
 
 
+class TenantAddForm(forms.ModelForm):
+    first_operator = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True, is_staff=True),
+        required=False,
+        help_text="Who runs this client's AI employees; they can add everyone else.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ("name", "slug", *sorted(TENANT_SETTINGS))
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedHistoryAdmin):
     tenant_field = "id"
@@ -133,6 +146,11 @@ class TenantAdmin(TenantScopedHistoryAdmin):
             return True
         return super().has_view_permission(request, obj)
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = TenantAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "priority_weight":
             kwargs["min_value"] = 1  # the tenant_priority_weight_gte_1 constraint, said plainly
@@ -155,7 +173,7 @@ class TenantAdmin(TenantScopedHistoryAdmin):
             ("Data", {"fields": ("retention_days",)}),
         ]
         if obj is None:
-            return [(None, {"fields": ("name", "slug")}), *settings]
+            return [(None, {"fields": ("name", "slug", "first_operator")}), *settings]
         budget = ("monthly_token_budget", "monthly_cost_budget", "budget_lifted_until")
         settings[1] = ("Budget", {"fields": budget})
         return [
@@ -229,6 +247,7 @@ class TenantAdmin(TenantScopedHistoryAdmin):
                 slug=form.cleaned_data["slug"],
                 name=form.cleaned_data["name"],
                 actor=actor,
+                first_operator=form.cleaned_data.get("first_operator"),
                 **settings,
             ),
         )

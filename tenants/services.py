@@ -48,8 +48,9 @@ TENANT_SETTINGS = {
 }
 
 
-def create_tenant(*, slug: str, name: str, actor: Actor, **settings) -> Tenant:
-    """Create a tenant (a platform action: it writes outside any tenant's context).
+def create_tenant(*, slug: str, name: str, actor: Actor, first_operator=None, **settings) -> Tenant:
+    """Create a tenant, optionally with its first operator (a platform action: it writes
+    outside any tenant's context, where nobody is a member yet).
 
     Raises django.core.exceptions.ValidationError on invalid fields.
     """
@@ -60,6 +61,10 @@ def create_tenant(*, slug: str, name: str, actor: Actor, **settings) -> Tenant:
         tenant.save()
         record(tenant=tenant, actor=actor, action="tenant.created", obj=tenant)
         record(tenant=None, actor=actor, action="tenant.created", obj=tenant, data={"slug": slug})
+        if first_operator is not None:
+            grant_membership(
+                user=first_operator, tenant=tenant, kind=Membership.Kind.OPERATOR, actor=actor
+            )
     return tenant
 
 

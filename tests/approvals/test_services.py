@@ -100,3 +100,17 @@ def test_policy_changes_are_audited(harbor, users):
 
     event = AuditEvent.objects.filter(tenant=harbor, action="policy.updated").latest("seq")
     assert event.data == {"role": None, "required_approvals": [1, 2]}
+
+
+def test_deleting_a_policy_is_audited(harbor, users):
+    from approvals.models import ApprovalPolicy
+    from approvals.services import delete_policy
+    from audit.services import Actor
+
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="financial")
+
+    delete_policy(policy=policy, actor=Actor.for_user(users["ops"]))
+
+    assert not ApprovalPolicy.objects.filter(tenant=harbor, category="financial").exists()
+    event = AuditEvent.objects.filter(tenant=harbor, action="policy.deleted").latest("seq")
+    assert event.data == {"role": None, "category": "financial", "mode": "review"}

@@ -102,3 +102,25 @@ def test_a_run_past_its_roles_turnaround_is_flagged_and_escalated_once(parked_in
     assert services.sla_state(parked_intake, now=later) == "breached"
     assert parked_intake.sla_escalated_at == later
     assert Escalation.objects.filter(run=parked_intake, kind="sla").count() == 1
+
+
+def test_prices_are_set_with_a_platform_audit_event(users):
+    from audit.services import Actor
+
+    services.set_model_price(
+        model="gpt-x",
+        prompt_per_million=Decimal("1.5"),
+        completion_per_million=Decimal("6"),
+        actor=Actor.for_user(users["ops"]),
+    )
+    services.set_model_price(
+        model="gpt-x",
+        prompt_per_million=Decimal("1.0"),
+        completion_per_million=Decimal("6"),
+        actor=Actor.for_user(users["ops"]),
+    )
+
+    assert ModelPrice.objects.get(model="gpt-x").prompt_per_million == Decimal("1.0")
+    event = AuditEvent.objects.filter(tenant=None, action="model_price.saved").latest("seq")
+    assert event.data["before"] == ["1.5000", "6.0000"]
+    assert event.data["after"] == ["1.0", "6"]

@@ -154,3 +154,79 @@ def kill_tagged(tag_dir: Path) -> None:
     for line in processes_tagged(tag_dir):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+# --- fault injection (tests/e2e/test_faults.py) -----------------------------------------------
+
+
+def process_group(pgid: int) -> dict[int, int]:
+    """pid -> parent pid of the live (non-zombie) processes in process group `pgid`."""
+    members = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = _proc_field(pid, "stat").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members[int(pid)] = int(fields[1])
+    return members
+
+
+def kill_group(process: subprocess.Popen, *, timeout: float = 30) -> None:
+    """SIGKILL a process started in its own process group, with all its children."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=timeout)
+    wait_for(
+        lambda: not process_group(process.pid),
+        what=f"process group {process.pid} to die",
+        timeout=timeout,
+        interval=0.05,
+    )
+
+
+def wait_for_database(
+    check: Callable[[], T],
+    *,
+    what: str,
+    timeout: float = 60,
+    interval: float = 0.2,
+    process: subprocess.Popen | None = None,
+) -> T:
+    """`wait_for`, treating a broken database connection (say, PostgreSQL restarting) as
+    "not yet": this process's connection is closed so that the next try reconnects."""
+    from django.db import InterfaceError, OperationalError, connection
+
+    def tolerant():
+        try:
+            return check()
+        except (OperationalError, InterfaceError):
+            connection.close()
+            return None
+
+    return wait_for(tolerant, what=what, timeout=timeout, interval=interval, process=process)
+
+
+def restart_postgresql(*, timeout: float = 60) -> float:
+    """Restart the local PostgreSQL cluster (fast shutdown: every session is cut) and wait,
+    bounded, until it accepts connections again. Returns the seconds it took."""
+    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])
+    started = time.monotonic()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+    def ready() -> bool:
+        probe = subprocess.run(
+            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-t", "1"],
+            capture_output=True,
+            timeout=10,
+        )
+        return probe.returncode == 0
+
+    wait_for(ready, what="PostgreSQL to accept connections", timeout=timeout, interval=0.1)
+    return time.monotonic() - started

@@ -117,3 +117,22 @@ def test_client_record_writes_are_audited(harbor, users):
         .order_by("seq")
         .values_list("action", flat=True)
     ) == ["client_record.created", "client_record.updated", "client_record.deleted"]
+
+
+def test_a_new_tenant_can_start_with_its_first_operator(users):
+    from tenants.models import Tenant
+    from tenants.permissions import can_operate_tenant
+    from tenants.services import create_tenant
+
+    tenant = create_tenant(
+        slug="acme-law",
+        name="Acme Law",
+        actor=Actor.system("t"),
+        first_operator=users["reviewer.harbor"],
+    )
+
+    assert Tenant.objects.get(slug="acme-law") == tenant
+    assert can_operate_tenant(fresh(users["reviewer.harbor"]), tenant)
+    assert list(
+        AuditEvent.objects.filter(tenant=tenant).order_by("seq").values_list("action", flat=True)
+    ) == ["tenant.created", "membership.granted"]
