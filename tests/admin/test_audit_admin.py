@@ -100,3 +100,41 @@ def test_the_trail_filters_on_action_and_actor_type_and_searches(client, users, 
     assert {e.pk for e in by_action.context["cl"].result_list} == granted
     assert {e.actor_type for e in by_actor.context["cl"].result_list} == {"system"}
     assert {e.pk for e in searched.context["cl"].result_list} == granted
+
+
+class TestExport:
+    URL = "/admin/audit/auditevent/export/"
+
+    def test_an_auditor_downloads_the_tenants_trail_and_the_export_is_audited(
+        self, client, users, harbor
+    ):
+        client.force_login(users["auditor"])
+        expected = AuditEvent.objects.filter(tenant=harbor).count()
+
+        response = client.get(self.URL, {"tenant": harbor.pk, "format": "csv"})
+
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/csv; charset=utf-8"
+        lines = response.content.decode().strip().splitlines()
+        assert lines[0].startswith("seq,created_at,")
+        assert len(lines) == expected + 1
+        exported = AuditEvent.objects.filter(tenant=harbor, action="audit.exported").get()
+        assert exported.actor_user == users["auditor"]
+        assert exported.data["events"] == expected
+
+    def test_another_tenants_reviewer_gets_nothing(self, client, users, harbor):
+        client.force_login(users["reviewer.northwind"])
+        before = AuditEvent.objects.count()
+
+        response = client.get(self.URL, {"tenant": harbor.pk, "format": "jsonl"})
+
+        assert response.status_code == 404
+        assert AuditEvent.objects.count() == before
+
+    def test_a_reviewer_of_the_tenant_may_not_export(self, client, users, harbor):
+        client.force_login(users["reviewer.harbor"])
+
+        response = client.get(self.URL, {"tenant": harbor.pk, "format": "jsonl"})
+
+        assert response.status_code in (403, 404)
+        assert not AuditEvent.objects.filter(action="audit.exported").exists()

@@ -50,10 +50,20 @@ def export(tmp_path, name="export", **options) -> tuple[str, object]:
 
 
 def harbor_events(harbor):
-    return list(AuditEvent.objects.filter(tenant=harbor).order_by("seq"))
+    # The export itself is audited after it is written; it is not part of the file.
+    return list(
+        AuditEvent.objects.filter(tenant=harbor).exclude(action="audit.exported").order_by("seq")
+    )
 
 
 class TestAuditExport:
+    def test_the_export_is_itself_audited(self, tmp_path, harbor, finished_run):
+        export(tmp_path, tenant="harbor-legal", format="csv")
+
+        event = AuditEvent.objects.get(tenant=harbor, action="audit.exported")
+        assert event.data["format"] == "csv"
+        assert event.data["events"] == len(harbor_events(harbor))
+
     def test_jsonl_holds_every_event_of_the_tenant_in_chain_order(
         self, tmp_path, harbor, finished_run
     ):
@@ -113,7 +123,10 @@ class TestAuditExport:
 
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert [row["seq"] for row in rows] == [
-            e.seq for e in AuditEvent.objects.filter(tenant=northwind).order_by("seq")
+            e.seq
+            for e in AuditEvent.objects.filter(tenant=northwind)
+            .exclude(action="audit.exported")
+            .order_by("seq")
         ]
         assert not any(row["run_id"] == finished_run.pk for row in rows)
 

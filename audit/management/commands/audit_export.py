@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.exports import FORMATS, ExportError, describe_period, parse_bound, write_export
+from audit.services import Actor, record
 from tenants import rls
 from tenants.models import Tenant
 
@@ -46,6 +47,18 @@ class Command(BaseCommand):
                     format=options["format"],
                     since=since,
                     until=until,
+                )
+                record(
+                    tenant=tenant_id,
+                    actor=Actor.system("command:audit_export"),
+                    action="audit.exported",
+                    data={
+                        "format": options["format"],
+                        "events": count,
+                        "since": since,
+                        "until": until,
+                        "via": "command",
+                    },
                 )
         except ExportError as exc:
             raise CommandError(str(exc)) from None
