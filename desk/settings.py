@@ -181,3 +181,5 @@ DESK_API_MAX_BODY_BYTES = int(os.environ.get("DESK_API_MAX_BODY_BYTES", str(64 *
 DESK_WORKER_BATCH = int(os.environ.get("DESK_WORKER_BATCH", "64"))
 DESK_MODEL_CONCURRENCY = int(os.environ.get("DESK_MODEL_CONCURRENCY", "128"))
 DESK_TENANT_MODEL_CONCURRENCY = int(os.environ.get("DESK_TENANT_MODEL_CONCURRENCY", "32"))
+# A worker task stops taking new runs after this long (it must end within DESK_TASK_TIMEOUT).
+DESK_WORKER_TASK_SECONDS = int(os.environ.get("DESK_WORKER_TASK_SECONDS", "120"))

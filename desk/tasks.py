@@ -23,7 +23,7 @@ def enqueue_outbox_delivery(message_id: int) -> None:
     )
 
 
-def advance_run(*, run_id: int) -> dict[str, int]:
+def advance_run(*, run_id: int | None) -> dict[str, int]:
     return worker.work(run_id=run_id)
 
 

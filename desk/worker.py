@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections import deque
 
@@ -130,8 +131,13 @@ async def _work(seed: list[tuple[int, int]], batch: int) -> dict[str, int]:
     active: dict[asyncio.Task, int] = {}
     idle: set[int] = set()  # runs that had nothing to do for this task: don't fetch again
     executed = 0
+    # Stop taking new runs in time to finish well within django-q2's task timeout; the
+    # task then rings for a successor if work is left.
+    deadline = time.monotonic() + settings.DESK_WORKER_TASK_SECONDS
+    out_of_time = False
     while True:
-        while len(active) < batch:
+        out_of_time = time.monotonic() > deadline
+        while len(active) < batch and not out_of_time:
             if not candidates:
                 busy = set(active.values()) | idle
                 candidates.extend(await db(ready_runs)(limit=batch - len(active), exclude=busy))
@@ -158,7 +164,15 @@ async def _work(seed: list[tuple[int, int]], batch: int) -> dict[str, int]:
     provider = get_provider()
     if hasattr(provider, "aclose"):
         await provider.aclose()
+    if out_of_time and await db(ready_runs)(limit=1, exclude=idle):
+        await db(_ring_successor)()
     return {"steps": executed, "peak_model_calls": limits.peak}
+
+
+def _ring_successor() -> None:
+    from django_q.tasks import async_task
+
+    async_task("desk.tasks.advance_run", run_id=None, q_options={"group": "runs"})
 
 
 def work(*, run_id: int | None = None, batch: int | None = None) -> dict[str, int]:

@@ -128,3 +128,19 @@ class TestFairOrder:
         tenants = [tenant_id for _, tenant_id in picked]
         assert tenants.count(harbor.pk) == 6
         assert tenants.count(northwind.pk) == 2
+
+
+class TestTimeBudget:
+    def test_a_task_out_of_time_hands_the_rest_to_a_successor(
+        self, harbor, intake_role, settings, monkeypatch
+    ):
+        settings.DESK_WORKER_TASK_SECONDS = -1  # out of time from the start
+        rung = []
+        monkeypatch.setattr("django_q.tasks.async_task", lambda func, **kw: rung.append(kw))
+        runs = start(harbor, intake_role, 2)
+
+        result = worker.work()
+
+        assert result["steps"] == 0
+        assert statuses(runs) == ["running", "running"]
+        assert rung == [{"run_id": None, "q_options": {"group": "runs"}}]
