@@ -81,7 +81,12 @@ class ApprovalRequest(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     due_at = models.DateTimeField()
     on_timeout = models.CharField(max_length=20, choices=ApprovalPolicy.OnTimeout.choices)
-    reminded_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the due-time rule (remind/escalate/reject) ran."
+    )
+    # Set when the e-mail went out, so a notification task delivered twice sends once.
+    notified_at = models.DateTimeField(null=True, blank=True)
+    reminder_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 

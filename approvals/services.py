@@ -283,7 +283,8 @@ def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: bool = 
             request_id=request.pk,
             reminder=reminder,
             q_options={"group": "notifications"},
-        )
+        ),
+        robust=True,  # a broker outage must not fail what already committed
     )
 
 
@@ -297,12 +298,14 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
         return 0
     with rls.tenant_context(tenant_id):
         request = (
-            ApprovalRequest.objects.select_related("tenant", "run__role", "step")
+            ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
+            .select_related("tenant", "run__role", "step")
             .filter(pk=request_id, status=ApprovalRequest.Status.PENDING)
             .first()
         )
-        if request is None:
-            return 0
+        sent_field = "reminder_sent_at" if reminder else "notified_at"
+        if request is None or getattr(request, sent_field) is not None:
+            return 0  # decided meanwhile, or this task was delivered twice
         emails = sorted(
             {
                 m.user.email
@@ -324,6 +327,8 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
             " UTC.\nOpen the approval queue in AgentDesk to decide."
         )
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
+        setattr(request, sent_field, timezone.now())
+        request.save(update_fields=[sent_field])
     return len(emails)
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,7 +30,14 @@ from tenants import rls
 
 logger = logging.getLogger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+def new_lease_owner() -> str:
+    """host:pid of this process (read now, not at import: django-q2 forks its workers after
+    Django has imported this module) and a token that makes every lease unique, so a late
+    result from an expired lease can never pass for the current one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 MAX_STEPS_PER_TASK = 100
 
 
@@ -154,7 +162,7 @@ def _is_covered(step_def: dict[str, Any], steps: list[StepRun]) -> bool:
 
 
 def lease_next_step(
-    *, run_id: int, owner: str = WORKER_ID, tenant_id: int | None = None
+    *, run_id: int, owner: str | None = None, tenant_id: int | None = None
 ) -> Lease | None:
     """Take the run's next step for execution, or settle the run (done, parked, failed).
 
@@ -249,6 +257,7 @@ def lease_next_step(
             return None
         step.status = StepRun.Status.RUNNING
         step.attempts += 1
+        owner = owner or new_lease_owner()
         step.lease_owner = owner
         step.lease_expires_at = now + timedelta(seconds=settings.DESK_STEP_LEASE_SECONDS)
         step.started_at = step.started_at or now
@@ -541,7 +550,7 @@ def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
     return True
 
 
-def advance_run(*, run_id: int, owner: str = WORKER_ID) -> None:
+def advance_run(*, run_id: int, owner: str | None = None) -> None:
     """Execute the run's steps back to back until a gate, the end or an error."""
     tenant_id = rls.tenant_of("desk_run", run_id)
     if tenant_id is None:

@@ -72,3 +72,13 @@ def test_reviewers_of_the_tenant_get_the_notification(parked_intake):
     assert count == 2  # reviewer.harbor and ops review Harbor Legal
     assert mail.outbox[0].to == ["ops@agentdesk.example", "reviewer.harbor@agentdesk.example"]
     assert "Intake coordinator needs your approval" in mail.outbox[0].subject
+
+
+def test_a_notification_delivered_twice_is_sent_once(parked_intake):
+    request = ApprovalRequest.objects.get(run=parked_intake)
+
+    first = notify_reviewers(request_id=request.pk)
+    second = notify_reviewers(request_id=request.pk)
+
+    assert (first, second) == (2, 0)
+    assert len(mail.outbox) == 1

@@ -532,3 +532,19 @@ class TestCancel:
         assert ApprovalRequest.objects.get(run=run).status == ApprovalRequest.Status.CANCELLED
         with pytest.raises(services.RunError):
             services.cancel_run(run=run, actor=Actor.for_user(users["ops"]), reason="again")
+
+
+class TestBrokerOutage:
+    def test_a_broker_outage_after_commit_keeps_the_run(
+        self, start_intake, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        def broker_down(*args, **kwargs):
+            raise ConnectionError("broker unreachable")
+
+        monkeypatch.setattr("desk.tasks.async_task", broker_down)
+
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            run = start_intake()
+
+        assert len(callbacks) == 1  # the doorbell was rung, failed, and was only logged
+        assert Run.objects.get(pk=run.pk).status == Run.Status.RUNNING
