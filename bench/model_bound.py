@@ -1,0 +1,113 @@
+"""Benchmark 2, model-bound: runs of two `llm` steps against an OpenAI-compatible fake that
+answers after 500 ms (tests.fakes.openai_server, started in this process), on a 2-worker
+cluster. Figures: model steps/s and the peak of calls in flight seen by the fake (aim:
+>= 100 steps/s on 2 cores), against a process-per-call design, which manages
+2 workers / 0.5 s = 4 steps/s.
+
+The runs are started in a tenant with no capacity (queued, no doorbells), then admitted all
+at once; the window goes from that admission to the last run's finished_at.
+
+Run: .venv/bin/python bench/model_bound.py [--quick] [--broker redis|orm|both]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+
+REDIS_DB = 9
+LATENCY = 0.5
+WORKERS = 2
+
+
+def measure(db, fake, broker: str, count: int, report: common.Report) -> dict:
+    from desk.models import Run
+
+    tenant = common.make_tenant(f"model-{broker}", capacity=0)
+    role = common.make_role(
+        tenant, "llm2", [common.llm_step("first"), common.llm_step("second")], model="gpt-bench"
+    )
+    common.start_runs(tenant, role, count)
+    common.set_capacity(tenant, count)
+    env = {"DESK_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake.base_url}
+    with common.Cluster(db, broker=broker, redis_db=REDIS_DB, name=f"{broker}-model", **env) as c:
+        fake.reset()
+        requests_before = fake.request_count
+        started = time.time()
+        common.admit(tenant)
+        closed = (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.WAITING_APPROVAL)
+        # 60 s beyond the aim's pace: long enough for a reaper round, not for a lease (300 s).
+        common.poll_until(
+            lambda: common.count_runs(db, tenant.pk, closed) >= count,
+            timeout=60 + 2 * count / 100,
+            alive=c.check_alive,
+        )
+        steps, seconds = common.finished_window(db, [tenant.pk], started)
+        completed = common.count_runs(db, tenant.pk, (Run.Status.COMPLETED,))
+        failed = common.count_runs(db, tenant.pk, (Run.Status.FAILED,))
+        common.note_problems(report, c, broker)
+    return {
+        "rate": steps / seconds if seconds else 0.0,
+        "seconds": seconds,
+        "steps": steps,
+        "completed": completed,
+        "failed": failed,
+        "peak": fake.peak_in_flight,
+        "calls": fake.request_count - requests_before,
+    }
+
+
+def body(args, report: common.Report) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    count = 200 if args.quick else 1000
+    brokers = ["redis", "orm"] if args.broker == "both" else [args.broker]
+    common.fresh_redis(REDIS_DB)
+    with (
+        FakeOpenAIServer(latency=LATENCY) as fake,
+        common.bench_database(args, "model_bound") as db,
+    ):
+        common.setup_django(db, redis_db=REDIS_DB, llm="openai", base_url=fake.base_url)
+        baseline = WORKERS / LATENCY
+        report.section(f"baseline: process per call, {WORKERS} workers, {LATENCY:g} s per call")
+        report.add("baseline_rate", "process-per-call design", baseline, "steps/s")
+        for broker in brokers:
+            report.section(f"{broker.upper()} broker: {count} runs x 2 model steps, {LATENCY} s")
+            result = measure(db, fake, broker, count, report)
+            report.add(
+                f"{broker}_rate",
+                f"{broker}: model steps",
+                result["rate"],
+                "steps/s",
+                aim=">= 100 steps/s",
+                met=result["rate"] >= 100,
+                note=f"{result['steps']} steps in {result['seconds']:.1f} s, "
+                f"{result['calls']} calls",
+            )
+            report.add(
+                f"{broker}_ratio",
+                f"{broker}: against process-per-call",
+                common.ratio(result["rate"], baseline),
+                "x",
+            )
+            report.add(f"{broker}_peak", f"{broker}: peak model calls in flight", result["peak"])
+            report.add(
+                f"{broker}_unfinished",
+                f"{broker}: runs not completed in the window",
+                count - result["completed"],
+                "runs",
+                aim="0",
+                met=result["completed"] == count,
+                note=f"{result['failed']} failed",
+            )
+
+
+if __name__ == "__main__":
+    p = common.parser("model_bound")
+    p.add_argument("--broker", choices=["redis", "orm", "both"], default="both")
+    common.main("model_bound", body, p)
