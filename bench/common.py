@@ -536,6 +536,7 @@ class Cluster:
         self.process: subprocess.Popen | None = None
         self.log_path = db.workdir / f"{name}.log"
         self.starts = 0
+        self._processed: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -627,6 +628,24 @@ class Cluster:
         started = len(re.findall(rf" processing \S+ '{func}'", text))
         finished = len(re.findall(rf"^(?:Processed|Failed) '{func}'", text, re.M))
         return started, finished
+
+    def processed(self, func: str) -> int:
+        """Tasks of `func` (exact name) whose result the monitor has handled, from the log.
+
+        Reads only what the log gained since the last call (cheap to poll).
+        """
+        offset, count = self._processed.get(func, (0, 0))
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            return count
+        end = chunk.rfind(b"\n") + 1  # whole lines only
+        needle = re.compile(rb"^(?:Processed|Failed) '" + re.escape(func.encode()) + rb"'", re.M)
+        count += len(needle.findall(chunk[:end]))
+        self._processed[func] = (offset + end, count)
+        return count
 
     def problems(self) -> dict[str, int]:
         """Counts of trouble the cluster logged (deadlocks, runs whose advancing failed)."""

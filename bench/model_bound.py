@@ -25,31 +25,40 @@ LATENCY = 0.5
 WORKERS = 2
 
 
-def measure(db, fake, broker: str, count: int, report: common.Report) -> dict:
+def measure(db, fake, broker: str, count: int, report: common.Report, tenants: int = 1) -> dict:
     from desk.models import Run
 
-    tenant = common.make_tenant(f"model-{broker}", capacity=0)
-    role = common.make_role(
-        tenant, "llm2", [common.llm_step("first"), common.llm_step("second")], model="gpt-bench"
-    )
-    common.start_runs(tenant, role, count)
-    common.set_capacity(tenant, count)
+    made = []
+    for i in range(tenants):
+        tenant = common.make_tenant(f"model-{broker}-{i}", capacity=0)
+        steps = [common.llm_step("first"), common.llm_step("second")]
+        role = common.make_role(tenant, "llm2", steps, model="gpt-bench")
+        share = count // tenants + (1 if i < count % tenants else 0)
+        common.start_runs(tenant, role, share)
+        common.set_capacity(tenant, share)
+        made.append(tenant)
+    ids = [t.pk for t in made]
     env = {"DESK_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake.base_url}
     with common.Cluster(db, broker=broker, redis_db=REDIS_DB, name=f"{broker}-model", **env) as c:
         fake.reset()
         requests_before = fake.request_count
         started = time.time()
-        common.admit(tenant)
+        for tenant in made:
+            common.admit(tenant)
         closed = (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.WAITING_APPROVAL)
+
+        def settled() -> int:
+            counts = common.run_status_counts(db, ids)
+            return sum(counts.get(s, 0) for s in closed)
+
         # 60 s beyond the aim's pace: long enough for a reaper round, not for a lease (300 s).
         common.poll_until(
-            lambda: common.count_runs(db, tenant.pk, closed) >= count,
-            timeout=60 + 2 * count / 100,
-            alive=c.check_alive,
+            lambda: settled() >= count, timeout=60 + 2 * count / 100, alive=c.check_alive
         )
-        steps, seconds = common.finished_window(db, [tenant.pk], started)
-        completed = common.count_runs(db, tenant.pk, (Run.Status.COMPLETED,))
-        failed = common.count_runs(db, tenant.pk, (Run.Status.FAILED,))
+        steps, seconds = common.finished_window(db, ids, started)
+        counts = common.run_status_counts(db, ids)
+        completed = counts.get(Run.Status.COMPLETED, 0)
+        failed = counts.get(Run.Status.FAILED, 0)
         common.note_problems(report, c, broker)
     return {
         "rate": steps / seconds if seconds else 0.0,
@@ -77,8 +86,11 @@ def body(args, report: common.Report) -> None:
         report.section(f"baseline: process per call, {WORKERS} workers, {LATENCY:g} s per call")
         report.add("baseline_rate", "process-per-call design", baseline, "steps/s")
         for broker in brokers:
-            report.section(f"{broker.upper()} broker: {count} runs x 2 model steps, {LATENCY} s")
-            result = measure(db, fake, broker, count, report)
+            report.section(
+                f"{broker.upper()} broker: {count} runs x 2 model steps, {LATENCY} s, "
+                f"{args.tenants} tenant(s)"
+            )
+            result = measure(db, fake, broker, count, report, args.tenants)
             report.add(
                 f"{broker}_rate",
                 f"{broker}: model steps",
@@ -110,4 +122,5 @@ def body(args, report: common.Report) -> None:
 if __name__ == "__main__":
     p = common.parser("model_bound")
     p.add_argument("--broker", choices=["redis", "orm", "both"], default="both")
+    p.add_argument("--tenants", type=int, default=1, help="spread the runs over N tenants")
     common.main("model_bound", body, p)

@@ -197,7 +197,7 @@ def body(args, report: common.Report) -> None:
                 "one round of each schedule in each window",
             )
             tables = ", ".join(f"{name} {n:,.0f}" for name, n in full["tables"].items())
-            report.note(f"{broker}: rows read per minute with parked runs, by table: {tables}")
+            report.note(f"{broker}: rows fetched per minute with parked runs, by table: {tables}")
 
 
 if __name__ == "__main__":

@@ -146,10 +146,15 @@ def main() -> None:
         print("bench: warning: the machine is busy; figures will be lower and noisier")
     started = time.monotonic()
     results = []
+    interrupted = ""
     with tempfile.TemporaryDirectory(prefix="agentdesk-bench-") as tmp:
-        for name in names:
-            results.append(run_script(name, args.quick, Path(tmp) / f"{name}.json"))
-            print(flush=True)
+        try:
+            for name in names:
+                results.append(run_script(name, args.quick, Path(tmp) / f"{name}.json"))
+                print(flush=True)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            interrupted = f"interrupted ({type(exc).__name__} {exc}) during {name}"
+            print(f"bench: {interrupted}; summary of what ran:", file=sys.stderr, flush=True)
     seconds = time.monotonic() - started
     info = common.machine()
     info["load average at start"] = f"{load:.2f}"
@@ -165,6 +170,8 @@ def main() -> None:
         Path(args.results_md).write_text(markdown(results, info, command, seconds))
         print(f"figures written to {args.results_md}")
     failed = [r["name"] for r in results if r.get("error")]
+    if interrupted:
+        sys.exit(1)
     if failed:
         print(f"bench: could not run: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
