@@ -12,6 +12,7 @@ from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation
 from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
 from desk.gates import GateRule
+from tenants import locking
 
 
 def policy_for(*, tenant_id: int, role_id: int, category: str) -> ApprovalPolicy | None:
@@ -76,6 +77,7 @@ class ApprovalGate:
         )
 
     def cancel_open(self, *, run, reason: str) -> None:
+        locking.note(locking.Level.APPROVAL)  # the UPDATE locks the requests it closes
         ApprovalRequest.objects.filter(run=run, status=ApprovalRequest.Status.PENDING).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )

@@ -99,7 +99,20 @@ class ApprovalRequest(models.Model):
                 name="approvalrequest_one_pending_per_step",
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "status", "due_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "status", "due_at"]),
+            # What the approvals sweep looks for across tenants, every round.
+            models.Index(
+                fields=["due_at"],
+                condition=models.Q(status="pending", reminded_at__isnull=True),
+                name="approval_awaiting_timeout",
+            ),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status="pending", notified_at__isnull=True),
+                name="approval_not_notified",
+            ),
+        ]
 
     def __str__(self):
         return f"Approval #{self.pk} · {self.step.key}"

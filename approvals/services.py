@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import json
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,8 +15,8 @@ from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalati
 from approvals.permissions import can_decide, can_resolve_escalation
 from audit.services import Actor, record
 from desk import services as desk_services
-from desk.models import Run
-from tenants import rls
+from tenants import locking, rls
+from tenants.locking import Level, lock
 from tenants.models import Membership
 
 
@@ -57,12 +59,13 @@ def decide(
         )
     if verdict == Decision.Verdict.EDIT and not isinstance(edited_payload, dict):
         raise DecisionError("Edit and approve needs the edited proposal as a JSON object.")
-    with transaction.atomic():
-        request = (
-            ApprovalRequest.objects.select_for_update(no_key=True)
-            .select_related("run", "step")
-            .get(pk=request.pk)
-        )
+    with locking.atomic():
+        # The run and its steps before the request: the lock order (tenants.locking).
+        run_id = ApprovalRequest.objects.filter(pk=request.pk).values_list("run_id", flat=True)
+        desk_services.lock_run(run_id.get())
+        request = lock(
+            ApprovalRequest.objects.select_related("run", "step"), Level.APPROVAL, of=("self",)
+        ).get(pk=request.pk)
         if not can_decide(reviewer, request):
             raise DecisionError("You may not decide this request.", code="forbidden")
         if not request.is_pending:
@@ -72,8 +75,6 @@ def decide(
             )
         if request.decisions.filter(reviewer=reviewer).exists():
             raise DecisionError("You have already decided this request.", code="already_decided")
-        # The run before the audit chain: the engine's lock order (see audit.lock_chain).
-        Run.objects.select_for_update(no_key=True).get(pk=request.run_id)
         actor = Actor.for_user(reviewer)
         payload = edited_payload if verdict == Decision.Verdict.EDIT else None
         decision = Decision.objects.create(
@@ -133,12 +134,19 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
     resolution = (resolution or "").strip()
     if not resolution:
         raise DecisionError("Say what was done.", code="reason_required")
-    with transaction.atomic():
-        escalation = Escalation.objects.select_for_update(no_key=True).get(pk=escalation.pk)
+    with locking.atomic():
+        escalation = lock(Escalation.objects.all(), Level.ROW).get(pk=escalation.pk)
         if not can_resolve_escalation(user, escalation):
             raise DecisionError("You may not resolve this escalation.", code="forbidden")
         if escalation.status != Escalation.Status.OPEN:
             raise DecisionError("This escalation is already resolved.", code="not_open")
+        if escalation.kind == Escalation.Kind.BUDGET:
+            # Resolving a budget escalation lifts the budget for the month: every held run
+            # of the tenant goes on (their runs locked before anything is audited: the lock
+            # order), and their budget escalations are settled with this one.
+            desk_services.lift_budget(
+                tenant=escalation.tenant, actor=Actor.for_user(user), reason=resolution
+            )
         escalation.status = Escalation.Status.RESOLVED
         escalation.resolved_at = timezone.now()
         escalation.resolved_by = user
@@ -153,11 +161,6 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
             reason=resolution,
         )
         if escalation.kind == Escalation.Kind.BUDGET:
-            # Resolving a budget escalation lifts the budget for the month: every held run
-            # of the tenant goes on, and their budget escalations are settled with this one.
-            desk_services.lift_budget(
-                tenant=escalation.tenant, actor=Actor.for_user(user), reason=resolution
-            )
             Escalation.objects.filter(
                 tenant_id=escalation.tenant_id,
                 kind=Escalation.Kind.BUDGET,
@@ -184,7 +187,7 @@ def save_policy(*, policy: ApprovalPolicy, actor: Actor) -> ApprovalPolicy:
 
     if policy.role_id and policy.role.tenant_id != policy.tenant_id:
         raise ValidationError({"role": "This role belongs to another tenant."})
-    with transaction.atomic():
+    with locking.atomic():
         before = (
             ApprovalPolicy.objects.filter(pk=policy.pk).values(*POLICY_FIELDS).first()
             if policy.pk
@@ -209,97 +212,126 @@ def save_policy(*, policy: ApprovalPolicy, actor: Actor) -> ApprovalPolicy:
     return policy
 
 
-def process_overdue_requests(*, now=None) -> dict[str, int]:
-    """Apply each overdue request's timeout rule once: remind, escalate or reject.
+def sweep_approvals(*, now=None) -> dict[str, int]:
+    """Apply each overdue request's timeout rule once (remind, escalate or reject), and
+    notify the reviewers of requests whose notification was lost.
 
     Returns how many requests got each treatment.
     """
     now = now or timezone.now()
-    done = {"remind": 0, "escalate": 0, "reject": 0}
+    done = {"remind": 0, "escalate": 0, "reject": 0, "notified": 0}
+    pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
     with rls.platform_context():
-        # Which tenants have overdue requests is all this reads across tenants.
-        tenant_ids = list(
-            ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING, due_at__lt=now)
-            .values_list("tenant_id", flat=True)
-            .distinct()
+        # Which requests need attention is all this reads across tenants.
+        overdue = list(
+            pending.filter(due_at__lt=now, reminded_at__isnull=True)
+            .order_by("due_at")
+            .values_list("pk", "tenant_id", "run_id")[:500]
         )
-    for tenant_id in tenant_ids:
-        with rls.tenant_context(tenant_id):
-            overdue = (
-                ApprovalRequest.objects.select_for_update(no_key=True, skip_locked=True)
-                .filter(
-                    tenant_id=tenant_id,
-                    status=ApprovalRequest.Status.PENDING,
-                    due_at__lt=now,
-                    reminded_at__isnull=True,
-                )
-                .select_related("run", "step")
-            )
-            for request in overdue[:500]:
-                done[request.on_timeout] += 1
-                _apply_timeout(request, now=now)
+        unnotified = list(
+            pending.filter(
+                notified_at__isnull=True,
+                created_at__lt=now - timedelta(seconds=settings.DESK_STALL_SECONDS),
+            ).values_list("pk", flat=True)[:500]
+        )
+    for request_id, tenant_id, run_id in overdue:
+        rule = _apply_timeout(request_id=request_id, tenant_id=tenant_id, run_id=run_id, now=now)
+        if rule:
+            done[rule] += 1
+    for request_id in unnotified:
+        transaction.on_commit(lambda pk=request_id: _enqueue_notification(pk, False), robust=True)
+        done["notified"] += 1
     return done
 
 
-def _apply_timeout(request: ApprovalRequest, *, now) -> None:
+def _apply_timeout(*, request_id: int, tenant_id: int, run_id: int, now) -> str:
+    """Apply one overdue request's timeout rule; return the rule, or "" when it was decided
+    (or is being decided) meanwhile."""
     actor = Actor.system("approvals")
-    Run.objects.select_for_update(no_key=True).get(pk=request.run_id)  # lock order
-    request.reminded_at = now  # marks the timeout as handled, whatever the rule
-    request.save(update_fields=["reminded_at"])
-    rule = request.on_timeout
-    record(
-        tenant=request.tenant_id,
-        actor=actor,
-        action=f"approval.overdue_{rule}",
-        obj=request,
-        run_id=request.run_id,
-        step_id=request.step_id,
-        data={"due_at": request.due_at, "rule": rule},
-    )
-    if rule == ApprovalPolicy.OnTimeout.REMIND:
-        notify_reviewers_after_commit(request, reminder=True)
-    elif rule == ApprovalPolicy.OnTimeout.ESCALATE:
-        Escalation.objects.create(
-            tenant_id=request.tenant_id,
-            run=request.run,
-            step=request.step,
-            kind=Escalation.Kind.APPROVAL_OVERDUE,
-            reason=f"Approval #{request.pk} was not decided by its due time ({request.due_at}).",
+    with locking.atomic(), rls.tenant_context(tenant_id):
+        desk_services.lock_run(run_id)
+        request = (
+            lock(
+                ApprovalRequest.objects.select_related("run", "step"),
+                Level.APPROVAL,
+                skip_locked=True,
+                of=("self",),
+            )
+            .filter(
+                pk=request_id,
+                status=ApprovalRequest.Status.PENDING,
+                due_at__lt=now,
+                reminded_at__isnull=True,
+            )
+            .first()
         )
-    else:
-        _close(request, ApprovalRequest.Status.REJECTED)
-        desk_services.reject_parked_step(
-            step=request.step, actor=actor, reason="Not decided by its due time."
+        if request is None:
+            return ""
+        request.reminded_at = now  # marks the timeout as handled, whatever the rule
+        request.save(update_fields=["reminded_at"])
+        rule = request.on_timeout
+        record(
+            tenant=request.tenant_id,
+            actor=actor,
+            action=f"approval.overdue_{rule}",
+            obj=request,
+            run_id=request.run_id,
+            step_id=request.step_id,
+            data={"due_at": request.due_at, "rule": rule},
         )
+        if rule == ApprovalPolicy.OnTimeout.REMIND:
+            notify_reviewers_after_commit(request, reminder=True)
+        elif rule == ApprovalPolicy.OnTimeout.ESCALATE:
+            Escalation.objects.create(
+                tenant_id=request.tenant_id,
+                run=request.run,
+                step=request.step,
+                kind=Escalation.Kind.APPROVAL_OVERDUE,
+                reason=(
+                    f"Approval #{request.pk} was not decided by its due time ({request.due_at})."
+                ),
+            )
+        else:
+            _close(request, ApprovalRequest.Status.REJECTED)
+            desk_services.reject_parked_step(
+                step=request.step, actor=actor, reason="Not decided by its due time."
+            )
+    return rule
 
 
 def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: bool = False) -> None:
     """E-mail the tenant's reviewers about a request once the transaction commits."""
+    transaction.on_commit(
+        lambda: _enqueue_notification(request.pk, reminder),
+        robust=True,  # a broker outage must not fail what already committed (the sweep re-rings)
+    )
+
+
+def _enqueue_notification(request_id: int, reminder: bool) -> None:
     from django_q.tasks import async_task
 
-    transaction.on_commit(
-        lambda: async_task(
-            "approvals.tasks.notify_reviewers",
-            request_id=request.pk,
-            reminder=reminder,
-            q_options={"group": "notifications"},
-        ),
-        robust=True,  # a broker outage must not fail what already committed
+    async_task(
+        "approvals.tasks.notify_reviewers",
+        request_id=request_id,
+        reminder=reminder,
+        q_options={"group": "notifications", "save": False},
     )
 
 
 def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
     """Send the notification e-mail; returns how many reviewers it went to."""
-    from django.conf import settings
     from django.core.mail import send_mail
 
     tenant_id = rls.tenant_of("approvals_approvalrequest", request_id)
     if tenant_id is None:
         return 0
-    with rls.tenant_context(tenant_id):
+    with locking.atomic(), rls.tenant_context(tenant_id):
         request = (
-            ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("tenant", "run__role", "step")
+            lock(
+                ApprovalRequest.objects.select_related("tenant", "run__role", "step"),
+                Level.APPROVAL,
+                of=("self",),
+            )
             .filter(pk=request_id, status=ApprovalRequest.Status.PENDING)
             .first()
         )
@@ -315,8 +347,10 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
                 if m.user.email
             }
         )
+        setattr(request, sent_field, timezone.now())
+        request.save(update_fields=[sent_field])
         if not emails:
-            return 0
+            return 0  # nobody to tell: handled (the queue shows it)
         subject = (
             f"{'Reminder: ' if reminder else ''}{request.tenant.name}: "
             f"{request.run.role.name} needs your approval"
@@ -327,14 +361,12 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
             " UTC.\nOpen the approval queue in AgentDesk to decide."
         )
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
-        setattr(request, sent_field, timezone.now())
-        request.save(update_fields=[sent_field])
     return len(emails)
 
 
 def delete_policy(*, policy: ApprovalPolicy, actor: Actor) -> None:
     """Remove an approval policy; its category falls back to the tenant-wide one or to auto."""
-    with transaction.atomic():
+    with locking.atomic():
         record(
             tenant=policy.tenant_id,
             actor=actor,

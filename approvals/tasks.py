@@ -5,7 +5,3 @@ from approvals import services
 
 def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
     return services.notify_reviewers(request_id=request_id, reminder=reminder)
-
-
-def process_overdue_requests() -> dict[str, int]:
-    return services.process_overdue_requests()

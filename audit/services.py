@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditChain, AuditEvent
+from tenants.locking import Level, lock
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,19 @@ def _digest(event: AuditEvent) -> str:
 def lock_chain(tenant_id: int | None) -> AuditChain:
     """Lock a tenant's chain head for the rest of the transaction.
 
-    Lock order everywhere: Run, StepRun, then the audit chain, then the Tenant row. A
-    service that locks the Tenant row and also writes audit events takes the chain first.
+    The chain comes after runs, steps and approvals and before the tenant row in the lock
+    order (tenants.locking): a service that locks the tenant row and also writes audit
+    events takes the chain first.
     """
     return _locked_chain(tenant_id)
 
 
 def _locked_chain(tenant_id: int | None) -> AuditChain:
-    chain = AuditChain.objects.select_for_update(no_key=True).filter(tenant_id=tenant_id).first()
+    chains = AuditChain.objects.filter(tenant_id=tenant_id)
+    chain = lock(chains, Level.AUDIT_CHAIN).first()
     if chain is None:
         AuditChain.objects.get_or_create(tenant_id=tenant_id)
-        chain = (
-            AuditChain.objects.select_for_update(no_key=True).filter(tenant_id=tenant_id).first()
-        )
+        chain = lock(chains, Level.AUDIT_CHAIN).first()
     return chain
 
 

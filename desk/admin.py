@@ -19,11 +19,19 @@ from django_q.models import Failure, OrmQ, Schedule, Success
 from simple_history.admin import SimpleHistoryAdmin
 
 from audit.services import Actor
+from desk import health
 from desk.engine import step_definition
 from desk.forms import StartRunForm
-from desk.models import ModelPrice, OutboxMessage, Run
+from desk.models import ModelPrice, OutboxMessage, Run, Sweep, WorkerHeartbeat
 from desk.selectors import SERVICE_LEVELS, run_audit_events, run_steps, runs_at_service_level
-from desk.services import RunError, cancel_run, set_model_price, sla_state, start_run
+from desk.services import (
+    RunError,
+    cancel_run,
+    set_model_price,
+    settle_outbox_message,
+    sla_state,
+    start_run,
+)
 from roles.models import Role
 from tenants.admin_scoping import (
     TenantScopedAdmin,
@@ -283,8 +291,12 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    """Side effects waiting to go out, sent, failed, or uncertain (the worker handing one to
+    the mail server died before it could record the outcome: a person checks and decides)."""
+
     view_access = "audit"
     add_access = change_access = delete_access = None
+    actions = ("mark_delivered", "send_again")
     list_display = (
         "__str__",
         "tenant",
@@ -313,6 +325,7 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "payload_pretty",
         "last_error",
         "created_at",
+        "sending_at",
         "sent_at",
     )
     readonly_fields = fields
@@ -332,6 +345,62 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="payload")
     def payload_pretty(self, obj):
         return pretty_json(obj.payload)
+
+    def _settle(self, request, queryset, *, verdict: str, action: str, **page):
+        actor = Actor.for_user(request.user)
+
+        def settle(message: OutboxMessage, reason: str) -> None:
+            if not can_operate_tenant(request.user, message.tenant):
+                self.message_user(request, f"{message}: you may not settle it.", messages.ERROR)
+                return
+            try:
+                settle_outbox_message(message=message, actor=actor, verdict=verdict, reason=reason)
+            except RunError as exc:
+                self.message_user(request, f"{message} was not changed: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"{message}: {page['done']}", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("tenant"),
+            action=action,
+            title=page["title"],
+            question=page["question"],
+            label="What did you check?",
+            submit=page["submit"],
+            apply=settle,
+        )
+
+    @admin.action(description="Mark as delivered (after checking)…", permissions=["operate"])
+    def mark_delivered(self, request, queryset):
+        return self._settle(
+            request,
+            queryset.filter(status=OutboxMessage.Status.UNCERTAIN),
+            verdict="delivered",
+            action="mark_delivered",
+            title="Mark messages as delivered",
+            question="You checked that these messages reached their recipients (each carries "
+            "an X-AgentDesk-Key header); they are recorded as sent and not sent again.",
+            submit="Mark as delivered",
+            done="recorded as delivered.",
+        )
+
+    @admin.action(description="Send again…", permissions=["operate"])
+    def send_again(self, request, queryset):
+        return self._settle(
+            request,
+            queryset.filter(
+                status__in=(OutboxMessage.Status.UNCERTAIN, OutboxMessage.Status.FAILED)
+            ),
+            verdict="resend",
+            action="send_again",
+            title="Send messages again",
+            question="You checked that these messages did not arrive; they are handed to the "
+            "mail server again.",
+            submit="Send again",
+            done="queued to be sent again.",
+        )
 
 
 # --- the platform's own tables ----------------------------------------------------------------
@@ -409,3 +478,56 @@ for _model in (Schedule, Success, Failure, OrmQ):
                 {"__module__": __name__},
             ),
         )
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(PlatformStaffOnly, admin.ModelAdmin):
+    """Each machine's desk_worker: whether it beats and whether its cluster makes progress
+    (a probe goes through it), and why it last replaced its cluster."""
+
+    admits_superusers = False
+    list_display = (
+        "name",
+        "state",
+        "host",
+        "pid",
+        "beat_at",
+        "probe_ok_at",
+        "cluster_restarts",
+        "last_restart_reason",
+    )
+    ordering = ("name",)
+    readonly_fields = [f.name for f in WorkerHeartbeat._meta.fields]
+
+    @admin.display(description="state")
+    def state(self, obj):
+        check = health.worker_check(obj, now=timezone.now(), max_age=health.MAX_AGE)
+        return format_html('<span class="desk-health {}">{}</span>', check.state, check.detail)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Sweep)
+class SweepAdmin(PlatformStaffOnly, admin.ModelAdmin):
+    """The runtime's periodic upkeep (the reaper, overdue approvals, service levels): when
+    each last succeeded, on which worker, and what it did."""
+
+    admits_superusers = False
+    list_display = ("name", "state", "succeeded_at", "claimed_by", "rounds", "last_result")
+    ordering = ("name",)
+    readonly_fields = [f.name for f in Sweep._meta.fields]
+
+    @admin.display(description="state")
+    def state(self, obj):
+        check = health.sweep_check(obj, now=timezone.now(), max_age=health.MAX_AGE)
+        return format_html('<span class="desk-health {}">{}</span>', check.state, check.detail)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

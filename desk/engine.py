@@ -1,8 +1,12 @@
-"""The runtime: lease a run's next step, execute it outside any transaction, checkpoint
-its result with its audit events in one transaction, and go on until a gate, the end or
-an error. The database is the truth; django-q2 only rings the doorbell (desk.tasks).
+"""A run's way through its steps: take the next step, settle each result with its audit
+events in one transaction, and go on until a gate, the end, an error or a step that must
+wait on a model or the network. The engine never waits on the network itself: desk.worker
+executes leased steps and hands their outcome back to `checkpoint`.
 
-Lock order is always Run, then StepRun, everywhere (here, desk.services, approvals).
+Both entry points (`advance`, a run's first work in a worker task, and `checkpoint`, a
+leased step's outcome) settle the quick steps that follow (database tools run inline) and
+end by leasing the next step that must wait, in the same transaction: an autonomous step
+costs one commit. Locks are taken in the order tenants.locking enforces.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.services import Actor, record
-from desk import services
+from desk import doorbell, services
 from desk.gates import GateRule, get_gate
 from desk.models import OutboxMessage, Run, StepRun
-from desk.providers import ModelRequest, ProviderError, get_provider
+from desk.providers import ModelRequest
 from desk.tools import ToolContext, ToolRefused, get_tool
 from roles.workflow import RenderError, render_text, render_value
-from tenants import rls
+from tenants import locking, rls
+from tenants.locking import Level, lock
 
 logger = logging.getLogger(__name__)
+
+# Inline steps settled back to back in one transaction, at most (the run lock is held).
+MAX_STEPS_PER_TRANSACTION = 20
+# What a non-inline tool call may take, at most.
+TOOL_DEADLINE_SECONDS = 120
 
 
 def new_lease_owner() -> str:
@@ -38,10 +48,7 @@ def new_lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-MAX_STEPS_PER_TASK = 100
-
-
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: a worker keeps its leases in a set
 class Lease:
     run: Run
     step: StepRun
@@ -50,10 +57,31 @@ class Lease:
     context: dict[str, Any]
     owner: str
     attempt: int
-    gated: Any = None  # GateRule when the step's result must be reviewed before it counts
-    # Set when the step was executed and checkpointed inside the leasing transaction (quick
-    # database tools): True when the run may go on, False when it stopped.
-    settled: bool | None = None
+    gated: GateRule | None = None  # set when the step's result must be reviewed to count
+    inline: bool = False  # a quick database tool, executed inside the leasing transaction
+
+    @property
+    def deadline_seconds(self) -> float:
+        """How long executing this step may take before it counts as a failed attempt: every
+        model attempt's timeout plus the longest backoffs between them, with some slack."""
+        if self.step.kind != "llm":
+            return TOOL_DEADLINE_SECONDS
+        request = model_request(self)
+        backoff = 32.0  # the provider's longest wait between attempts
+        return (
+            request.max_attempts * request.timeout_seconds
+            + (request.max_attempts - 1) * backoff
+            + 10
+        )
+
+
+@dataclass
+class Progress:
+    """What a transaction of the engine left to do: the step to execute outside it (if any)
+    and how many steps it settled."""
+
+    lease: Lease | None = None
+    settled: int = 0
 
 
 @dataclass
@@ -71,6 +99,14 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @classmethod
+    def crashed(cls, exc: BaseException) -> Outcome:
+        return cls(
+            error=f"{type(exc).__name__}: {exc}",
+            error_code="crash",
+            extra={"traceback": traceback.format_exc(limit=5)},
+        )
 
 
 def ai_actor(run: Run) -> Actor:
@@ -95,201 +131,8 @@ def build_context(run: Run, steps: list[StepRun]) -> dict[str, Any]:
     }
 
 
-def max_attempts(step_def: dict[str, Any], definition: dict[str, Any]) -> int:
+def max_attempts(step_def: dict[str, Any]) -> int:
     return int(step_def.get("max_attempts", settings.DESK_STEP_MAX_ATTEMPTS))
-
-
-# --- leasing -----------------------------------------------------------------------------
-
-
-def _finish_run(run: Run, status: str, *, error: str = "", action: str) -> None:
-    now = timezone.now()
-    run.status = status
-    run.finished_at = now
-    run.error = error
-    run.save(update_fields=["status", "finished_at", "error", "updated_at"])
-    record(
-        tenant=run.tenant_id,
-        actor=Actor.system("engine"),
-        action=action,
-        obj=run,
-        run_id=run.pk,
-        data={"status": status, "error": error} if error else {"status": status},
-    )
-    services.admit_runs(tenant_id=run.tenant_id)  # after the audit write: see lock_chain
-
-
-def _park(run: Run, step: StepRun, *, rule, proposal: dict[str, Any]) -> None:
-    step.status = StepRun.Status.WAITING_APPROVAL
-    step.lease_owner = ""
-    step.lease_expires_at = None
-    step.save(update_fields=["status", "lease_owner", "lease_expires_at", "output", "rendered"])
-    run.status = Run.Status.WAITING_APPROVAL
-    run.save(update_fields=["status", "updated_at"])
-    get_gate().open_request(run=run, step=step, proposal=proposal, rule=rule)
-    services.admit_runs(tenant_id=run.tenant_id)  # a parked run frees its slot
-
-
-def _fail_step(run: Run, step: StepRun, *, error: str, actor: Actor) -> None:
-    step.status = StepRun.Status.FAILED
-    step.error = error
-    step.lease_owner = ""
-    step.lease_expires_at = None
-    step.finished_at = timezone.now()
-    step.save(update_fields=["status", "error", "lease_owner", "lease_expires_at", "finished_at"])
-    record(
-        tenant=run.tenant_id,
-        actor=actor,
-        action="step.failed",
-        obj=step,
-        run_id=run.pk,
-        step_id=step.pk,
-        data={"key": step.key, "attempts": step.attempts, "error": error},
-    )
-    run.steps.filter(status=StepRun.Status.PENDING).update(status=StepRun.Status.CANCELLED)
-    _finish_run(
-        run, Run.Status.FAILED, error=f"Step '{step.key}' failed: {error}", action="run.failed"
-    )
-    get_gate().open_escalation(run=run, step=step, reason=f"Step '{step.key}' failed: {error}")
-
-
-def _is_covered(step_def: dict[str, Any], steps: list[StepRun]) -> bool:
-    """A step whose `covered_by` step was approved by people needs no second review."""
-    covered_by = step_def.get("covered_by")
-    if not covered_by:
-        return False
-    return any(s.key == covered_by and s.approved_payload is not None for s in steps)
-
-
-def lease_next_step(
-    *, run_id: int, owner: str | None = None, tenant_id: int | None = None
-) -> Lease | None:
-    """Take the run's next step for execution, or settle the run (done, parked, failed).
-
-    Returns None when there is nothing to execute now.
-    """
-    if tenant_id is None:
-        tenant_id = rls.tenant_of("desk_run", run_id)
-        if tenant_id is None:
-            return None
-    with rls.tenant_context(tenant_id):
-        run = (
-            Run.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("tenant", "role", "role_version")
-            .filter(pk=run_id)
-            .first()
-        )
-        if run is None or run.status != Run.Status.RUNNING:
-            return None  # not admitted yet, parked, or over
-        steps = list(run.steps.select_for_update(no_key=True).order_by("index"))
-        step = next((s for s in steps if s.status != StepRun.Status.COMPLETED), None)
-        if step is None:
-            _finish_run(run, Run.Status.COMPLETED, action="run.completed")
-            return None
-        now = timezone.now()
-        if step.status == StepRun.Status.WAITING_APPROVAL:
-            return None
-        if (
-            step.status == StepRun.Status.RUNNING
-            and step.lease_expires_at
-            and step.lease_expires_at > now
-        ):
-            return None  # another worker holds it
-        if step.status in (StepRun.Status.FAILED, StepRun.Status.CANCELLED):
-            return None
-        definition = run.role_version.definition
-        step_def = step_definition(run, step)
-        if step.attempts >= max_attempts(step_def, definition):
-            _fail_step(
-                run,
-                step,
-                error=step.error or f"gave up after {step.attempts} attempts",
-                actor=Actor.system("engine"),
-            )
-            return None
-        context = build_context(run, steps)
-        gate = get_gate()
-        rule = None
-        if step.approved_payload is None and not _is_covered(step_def, steps):
-            rule = gate.rule_for(run=run, step=step)
-            if rule is None and step.kind == "review":
-                # An explicit checkpoint always waits for a person, policy or not.
-                rule = GateRule(
-                    required_approvals=1,
-                    due_minutes=int(step_def.get("due_minutes", 240)),
-                    on_timeout="remind",
-                )
-        try:
-            if step.kind == "tool":
-                args = (
-                    step.approved_payload
-                    if step.approved_payload is not None
-                    else render_value(step_def.get("args", {}), context)
-                )
-                step.rendered = {"tool": step_def["tool"], "args": args}
-            elif step.kind == "llm":
-                prompt = render_text(step_def["prompt"], context)
-                if step.feedback:
-                    previous = step.rendered.get("previous_output")
-                    prompt += f"\n\nFeedback: {step.feedback}"
-                    if previous:
-                        prompt += f"\nPrevious draft: {previous}"
-                step.rendered = {
-                    "prompt": prompt,
-                    "system": render_text(definition.get("system", ""), context),
-                    "output_schema": step_def["output_schema"],
-                }
-            else:
-                step.rendered = {
-                    "instructions": render_text(step_def.get("instructions", ""), context),
-                    "outputs": context["steps"],
-                }
-        except RenderError as exc:
-            step.attempts += 1
-            _fail_step(run, step, error=f"template error: {exc}", actor=Actor.system("engine"))
-            return None
-        if step.kind == "llm" and services.over_budget(run.tenant, now=now):
-            services.hold_for_budget(run=run, step=step)
-            return None
-        if rule is not None and step.kind in ("tool", "review"):
-            # Gate before any side effect: the exact call (or the work so far) is proposed.
-            _park(run, step, rule=rule, proposal=step.rendered)
-            return None
-        step.status = StepRun.Status.RUNNING
-        step.attempts += 1
-        owner = owner or new_lease_owner()
-        step.lease_owner = owner
-        step.lease_expires_at = now + timedelta(seconds=settings.DESK_STEP_LEASE_SECONDS)
-        step.started_at = step.started_at or now
-        lease = Lease(
-            run=run,
-            step=step,
-            definition=definition,
-            step_def=step_def,
-            context=context,
-            owner=owner,
-            attempt=step.attempts,
-            gated=rule,
-        )
-        if step.kind == "tool" and get_tool(step.rendered["tool"]).runs_inline:
-            # A quick database tool runs right here: lease, effect and checkpoint commit
-            # together (one commit per step), and a crash rolls all three back.
-            lease.settled = _settle(run, step, lease, execute(lease))
-            return lease
-        step.save(
-            update_fields=[
-                "status",
-                "attempts",
-                "lease_owner",
-                "lease_expires_at",
-                "started_at",
-                "rendered",
-            ]
-        )
-        return lease
-
-
-# --- execution (no transaction open) --------------------------------------------------------
 
 
 def model_request(lease: Lease) -> ModelRequest:
@@ -306,31 +149,194 @@ def model_request(lease: Lease) -> ModelRequest:
     )
 
 
-def execute(lease: Lease) -> Outcome:
-    """Run the leased step's model call or tool; never raises."""
-    step = lease.step
+def _runs_inline(tool_name: str) -> bool:
     try:
-        if step.kind == "llm":
-            response = get_provider().complete(model_request(lease))
-            return Outcome(
-                output=response.output,
-                model=response.model,
-                prompt_tokens=response.prompt_tokens,
-                completion_tokens=response.completion_tokens,
-            )
-        return execute_tool(lease)
-    except ProviderError as exc:
-        return Outcome(error=str(exc), error_code=exc.code)
-    except Exception as exc:  # a bug or an outage must fail the step, not lose it
-        logger.exception("step %s of run %s crashed", step.pk, lease.run.pk)
-        return Outcome(
-            error=f"{type(exc).__name__}: {exc}",
-            error_code="crash",
-            extra={"traceback": traceback.format_exc(limit=5)},
+        return get_tool(tool_name).runs_inline
+    except ToolRefused:
+        return True  # refused when executed, inline: the step fails in this transaction
+
+
+# --- the two transactions ------------------------------------------------------------------
+
+
+def advance(*, run_id: int, tenant_id: int, owner: str) -> Progress:
+    """Settle the run's quick steps and lease its next waiting step, in one transaction.
+
+    A run locked by another worker, not admitted, parked or over is left alone.
+    """
+    with locking.atomic(), rls.tenant_context(tenant_id):
+        runs = Run.objects.filter(pk=run_id).select_related("tenant", "role", "role_version")
+        run = lock(runs, Level.RUN, skip_locked=True, of=("self",)).first()
+        if run is None or run.status != Run.Status.RUNNING:
+            return Progress()
+        steps = list(lock(run.steps.order_by("index"), Level.STEP))
+        return _go_on(run, steps, owner=owner, settled=0)
+
+
+def checkpoint(lease: Lease, outcome: Outcome, *, go_on: bool = True) -> Progress:
+    """Save a leased step's outcome with its audit events, then (unless `go_on` is False)
+    settle what follows and lease the next waiting step, in one transaction.
+
+    A result whose lease was lost (expired and taken over) is discarded.
+    """
+    with locking.atomic(), rls.tenant_context(lease.run.tenant_id):
+        run, steps = services.lock_run(lease.run.pk, related=True)
+        step = next((s for s in steps if s.pk == lease.step.pk), None)
+        if (
+            step is None
+            or step.status != StepRun.Status.RUNNING
+            or step.lease_owner != lease.owner
+            or step.attempts != lease.attempt
+        ):
+            logger.warning("step %s: lease lost before checkpoint; result discarded", lease.step.pk)
+            return Progress()
+        may_go_on = _settle(run, steps, step, lease, outcome)
+        if not (may_go_on and go_on):
+            return Progress(settled=1)
+        return _go_on(run, steps, owner=lease.owner, settled=1)
+
+
+def renew_leases(*, leases: list[Lease]) -> int:
+    """Extend the leases a live worker holds (one statement); return how many it still has."""
+    if not leases:
+        return 0
+    until = timezone.now() + timedelta(seconds=settings.DESK_STEP_LEASE_SECONDS)
+    with rls.tenant_context({lease.run.tenant_id for lease in leases}):
+        return StepRun.objects.filter(
+            status=StepRun.Status.RUNNING, lease_owner__in=[lease.owner for lease in leases]
+        ).update(lease_expires_at=until)
+
+
+# --- inside the transaction (run and steps locked) ------------------------------------------
+
+
+def _go_on(run: Run, steps: list[StepRun], *, owner: str, settled: int) -> Progress:
+    for _ in range(MAX_STEPS_PER_TRANSACTION):
+        step = next((s for s in steps if s.status != StepRun.Status.COMPLETED), None)
+        if step is None:
+            services.finish_run(run, "complete", action="run.completed")
+            return Progress(settled=settled)
+        if step.status != StepRun.Status.READY:
+            return Progress(settled=settled)  # parked, leased elsewhere, failed or cancelled
+        lease = _lease(run, steps, step, owner)
+        if lease is None:
+            return Progress(settled=settled)
+        if not lease.inline:
+            return Progress(lease=lease, settled=settled)
+        # A quick database tool runs right here: lease, effect and checkpoint commit
+        # together, and a crash rolls all of them back.
+        settled += 1
+        if not _settle(run, steps, step, lease, execute_tool(lease)):
+            return Progress(settled=settled)
+    return Progress(settled=settled)
+
+
+def _gate_rule(run: Run, steps: list[StepRun], step: StepRun, step_def) -> GateRule | None:
+    if step.approved_payload is not None:
+        return None
+    covered_by = step_def.get("covered_by")
+    if covered_by and any(s.key == covered_by and s.approved_payload is not None for s in steps):
+        return None  # the approval of an earlier step covers this one
+    rule = get_gate().rule_for(run=run, step=step)
+    if rule is None and step.kind == "review":
+        # An explicit checkpoint always waits for a person, policy or not.
+        rule = GateRule(
+            required_approvals=1,
+            due_minutes=int(step_def.get("due_minutes", 240)),
+            on_timeout="remind",
         )
+    return rule
+
+
+def _render(step: StepRun, step_def, definition, context) -> dict[str, Any]:
+    if step.kind == "tool":
+        args = (
+            step.approved_payload
+            if step.approved_payload is not None
+            else render_value(step_def.get("args", {}), context)
+        )
+        return {"tool": step_def["tool"], "args": args}
+    if step.kind == "llm":
+        prompt = render_text(step_def["prompt"], context)
+        if step.feedback:
+            previous = step.rendered.get("previous_output")
+            prompt += f"\n\nFeedback: {step.feedback}"
+            if previous:
+                prompt += f"\nPrevious draft: {previous}"
+        return {
+            "prompt": prompt,
+            "system": render_text(definition.get("system", ""), context),
+            "output_schema": step_def["output_schema"],
+        }
+    return {
+        "instructions": render_text(step_def.get("instructions", ""), context),
+        "outputs": context["steps"],
+    }
+
+
+def _lease(run: Run, steps: list[StepRun], step: StepRun, owner: str) -> Lease | None:
+    """Lease a ready step, or settle why it cannot run now (gate, budget, failure)."""
+    definition = run.role_version.definition
+    step_def = step_definition(run, step)
+    if step.attempts >= max_attempts(step_def):
+        error = step.error or f"gave up after {step.attempts} attempts"
+        services.fail_step(run, step, error=error, actor=Actor.system("engine"))
+        return None
+    context = build_context(run, steps)
+    rule = _gate_rule(run, steps, step, step_def)
+    try:
+        step.rendered = _render(step, step_def, definition, context)
+    except RenderError as exc:
+        step.attempts += 1
+        step.save(update_fields=["attempts"])
+        services.fail_step(run, step, error=f"template error: {exc}", actor=Actor.system("engine"))
+        return None
+    now = timezone.now()
+    if step.kind == "llm" and services.over_budget(run.tenant, now=now):
+        services.hold_for_budget(run=run, step=step)
+        return None
+    if rule is not None and step.kind in ("tool", "review"):
+        # Gate before any side effect: the exact call (or the work so far) is proposed.
+        services.park_step(run, step, verb="gate", rule=rule, proposal=step.rendered)
+        return None
+    step.move("lease")
+    step.attempts += 1
+    step.lease_owner = owner
+    step.lease_expires_at = now + timedelta(seconds=settings.DESK_STEP_LEASE_SECONDS)
+    step.started_at = step.started_at or now
+    lease = Lease(
+        run=run,
+        step=step,
+        definition=definition,
+        step_def=step_def,
+        context=context,
+        owner=owner,
+        attempt=step.attempts,
+        gated=rule,
+        inline=step.kind == "tool" and _runs_inline(step.rendered["tool"]),
+    )
+    if not lease.inline:
+        step.save(update_fields=LEASE_FIELDS)
+    return lease
+
+
+LEASE_FIELDS = ["status", "attempts", "lease_owner", "lease_expires_at", "started_at", "rendered"]
+# Everything leasing and settling change on a step: an inline step is saved only at settling.
+STEP_STATE_FIELDS = [
+    *LEASE_FIELDS,
+    "ready_at",
+    "finished_at",
+    "output",
+    "error",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+]
 
 
 def execute_tool(lease: Lease) -> Outcome:
+    """Run the leased step's tool; never raises."""
     run, step = lease.run, lease.step
     name = step.rendered["tool"]
     ctx = ToolContext(
@@ -344,18 +350,18 @@ def execute_tool(lease: Lease) -> Outcome:
     try:
         if allowed_tools and name not in allowed_tools:
             raise ToolRefused(f"This role may not use the tool '{name}'.", data={"tool": name})
-        # A short read-only transaction scoped to the run's tenant: beneath the tool's own
-        # filters, row-level security keeps every other tenant's rows out of reach.
+        # Beneath the tool's own filters, row-level security keeps every other tenant's rows
+        # out of reach (a savepoint when the step runs inline).
         with rls.tenant_context(run.tenant_id):
             output = get_tool(name).run(step.rendered["args"], ctx)
     except ToolRefused as exc:
         return Outcome(
             error=str(exc), error_code="refused", tool_ctx=ctx, refused=True, extra=exc.data
         )
+    except Exception as exc:  # a bug or an outage must fail the step, not lose it
+        logger.exception("step %s of run %s crashed", step.pk, run.pk)
+        return Outcome.crashed(exc)
     return Outcome(output=output, tool_ctx=ctx)
-
-
-# --- checkpoint ----------------------------------------------------------------------------
 
 
 def _audit_tool_effects(
@@ -419,50 +425,9 @@ def _write_outbox(run: Run, step: StepRun, ctx: ToolContext, actor: Actor) -> li
     return ids
 
 
-def checkpoint(lease: Lease, outcome: Outcome) -> bool:
-    """Save the step's result and its audit events in one transaction.
-
-    Returns True when the run may go on with its next step now.
-    """
-    with rls.tenant_context(lease.run.tenant_id):
-        run = (
-            Run.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("tenant", "role", "role_version")
-            .get(pk=lease.run.pk)
-        )
-        step = StepRun.objects.select_for_update(no_key=True).get(pk=lease.step.pk)
-        if (
-            step.status != StepRun.Status.RUNNING
-            or step.lease_owner != lease.owner
-            or step.attempts != lease.attempt
-        ):
-            logger.warning("step %s: lease lost before checkpoint; result discarded", step.pk)
-            return False
-        return _settle(run, step, lease, outcome)
-
-
-# Everything leasing and settling change on a step: an inline step is saved only here.
-STEP_STATE_FIELDS = [
-    "status",
-    "attempts",
-    "lease_owner",
-    "lease_expires_at",
-    "started_at",
-    "finished_at",
-    "rendered",
-    "output",
-    "error",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-]
-
-
-def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
-    """Write a leased step's outcome (inside the caller's transaction, rows locked)."""
-    from desk.tasks import enqueue_outbox_delivery
-
+def _settle(run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome: Outcome) -> bool:
+    """Write a leased step's outcome. True when the run may go on now (its next step, or
+    this one again, is ready)."""
     actor = ai_actor(run)
     reason = lease.step_def.get("reason", "")
     if outcome.tool_ctx is not None:
@@ -471,13 +436,14 @@ def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
     step.prompt_tokens += outcome.prompt_tokens
     step.completion_tokens += outcome.completion_tokens
     if outcome.prompt_tokens or outcome.completion_tokens:
-        cost = services.record_usage(
+        step.cost += services.record_usage(
             run=run,
             model=outcome.model,
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
         )
-        step.cost += cost
+    step.lease_owner = ""
+    step.lease_expires_at = None
     if not outcome.ok:
         step.error = outcome.error
         record(
@@ -496,13 +462,12 @@ def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
                 **outcome.extra,
             },
         )
-        if outcome.refused or step.attempts >= max_attempts(lease.step_def, lease.definition):
+        if outcome.refused or step.attempts >= max_attempts(lease.step_def):
             step.save(update_fields=STEP_STATE_FIELDS)
-            _fail_step(run, step, error=outcome.error, actor=actor)
+            services.fail_step(run, step, error=outcome.error, actor=actor)
             return False
-        step.status = StepRun.Status.READY
-        step.lease_owner = ""
-        step.lease_expires_at = None
+        step.move("retry")
+        step.ready_at = timezone.now()
         step.save(update_fields=STEP_STATE_FIELDS)
         return True
     step.output = outcome.output
@@ -520,12 +485,12 @@ def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
             reason=reason,
             data={"key": step.key, "model": outcome.model},
         )
-        _park(run, step, rule=lease.gated, proposal={"draft": outcome.output})
+        services.park_step(
+            run, step, verb="propose", rule=lease.gated, proposal={"draft": outcome.output}
+        )
         return False
-    step.status = StepRun.Status.COMPLETED
+    step.move("complete")
     step.finished_at = timezone.now()
-    step.lease_owner = ""
-    step.lease_expires_at = None
     step.save(update_fields=STEP_STATE_FIELDS)
     outbox_ids = _write_outbox(run, step, outcome.tool_ctx, actor) if outcome.tool_ctx else []
     record(
@@ -544,21 +509,6 @@ def _settle(run: Run, step: StepRun, lease: Lease, outcome: Outcome) -> bool:
             "tokens": outcome.prompt_tokens + outcome.completion_tokens,
         },
     )
-    run.save(update_fields=["updated_at"])
     for message_id in outbox_ids:
-        enqueue_outbox_delivery(message_id)
-    return True
-
-
-def advance_run(*, run_id: int, owner: str | None = None) -> None:
-    """Execute the run's steps back to back until a gate, the end or an error."""
-    tenant_id = rls.tenant_of("desk_run", run_id)
-    if tenant_id is None:
-        return
-    for _ in range(MAX_STEPS_PER_TASK):
-        lease = lease_next_step(run_id=run_id, owner=owner, tenant_id=tenant_id)
-        if lease is None:
-            return
-        settled = lease.settled if lease.settled is not None else checkpoint(lease, execute(lease))
-        if not settled:
-            return  # parked, failed, or the lease was lost to another worker
+        doorbell.ring_outbox(message_id)
+    return services.ready_next_step(run, steps, step) is not None

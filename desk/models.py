@@ -4,8 +4,11 @@ from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from desk.transitions import HasTransitions, TransitionQuerySet
+from tenants.locking import Level
 
-class RunQuerySet(models.QuerySet):
+
+class RunQuerySet(TransitionQuerySet):
     def for_tenant(self, tenant):
         return self.filter(tenant=tenant)
 
@@ -13,7 +16,7 @@ class RunQuerySet(models.QuerySet):
         return self.filter(status__in=Run.OPEN_STATUSES)
 
 
-class Run(models.Model):
+class Run(HasTransitions, models.Model):
     """One piece of work for one tenant, pinned to one role version."""
 
     class Status(models.TextChoices):
@@ -27,6 +30,20 @@ class Run(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     OPEN_STATUSES = (Status.QUEUED, Status.RUNNING, Status.WAITING_APPROVAL, Status.ON_HOLD)
+
+    # Every status change of a run, by verb: (from, to).
+    TRANSITIONS = {
+        "admit": ({Status.QUEUED}, Status.RUNNING),
+        "park": ({Status.RUNNING}, Status.WAITING_APPROVAL),
+        "resume": ({Status.WAITING_APPROVAL}, Status.RUNNING),
+        "hold": ({Status.RUNNING}, Status.ON_HOLD),
+        "release": ({Status.ON_HOLD}, Status.RUNNING),
+        "complete": ({Status.RUNNING}, Status.COMPLETED),
+        "fail": ({Status.RUNNING}, Status.FAILED),
+        "reject": ({Status.WAITING_APPROVAL}, Status.REJECTED),
+        "cancel": (set(OPEN_STATUSES), Status.CANCELLED),
+    }
+    LOCK_LEVEL = Level.RUN
 
     class Via(models.TextChoices):
         ADMIN = "admin", "Admin"
@@ -87,8 +104,16 @@ class Run(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
-class StepRun(models.Model):
-    """One step of a run: the unit a worker leases, executes and checkpoints."""
+class StepRunQuerySet(TransitionQuerySet):
+    pass
+
+
+class StepRun(HasTransitions, models.Model):
+    """One step of a run: the unit a worker leases, executes and checkpoints.
+
+    A step is `ready` when a worker may take it now (the run's next step, admitted); while a
+    worker executes it, it is `running` under a lease the worker renews by heartbeat.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -98,6 +123,29 @@ class StepRun(models.Model):
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+
+    # Every status change of a step, by verb: (from, to).
+    TRANSITIONS = {
+        "ready": ({Status.PENDING}, Status.READY),
+        "lease": ({Status.READY}, Status.RUNNING),
+        "retry": ({Status.RUNNING}, Status.READY),
+        "expire": ({Status.RUNNING}, Status.READY),
+        # A draft waits for review before anything uses it...
+        "propose": ({Status.RUNNING}, Status.WAITING_APPROVAL),
+        # ...a tool call or a checkpoint before it runs.
+        "gate": ({Status.READY}, Status.WAITING_APPROVAL),
+        "complete": ({Status.RUNNING}, Status.COMPLETED),
+        "approve": ({Status.WAITING_APPROVAL}, Status.READY),  # the approved call runs next
+        "accept": ({Status.WAITING_APPROVAL}, Status.COMPLETED),  # the approved draft stands
+        "send_back": ({Status.WAITING_APPROVAL}, Status.READY),
+        "fail": ({Status.READY, Status.RUNNING}, Status.FAILED),
+        "reject": ({Status.WAITING_APPROVAL}, Status.CANCELLED),
+        "cancel": (
+            {Status.PENDING, Status.READY, Status.RUNNING, Status.WAITING_APPROVAL},
+            Status.CANCELLED,
+        ),
+    }
+    LOCK_LEVEL = Level.STEP
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
@@ -123,26 +171,46 @@ class StepRun(models.Model):
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=100, unique=True)
+    ready_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the step last became ready for a worker."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = StepRunQuerySet.as_manager()
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["run", "index"], name="steprun_unique_run_index"),
             models.UniqueConstraint(fields=["run", "key"], name="steprun_unique_run_key"),
         ]
-        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"]),
+            # The work a worker may take now: small, and read in tenant then run order.
+            models.Index(
+                fields=["tenant", "run"],
+                condition=models.Q(status="ready"),
+                name="steprun_ready",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.key} ({self.get_status_display()})"
 
 
 class OutboxMessage(models.Model):
-    """A side effect to deliver once, keyed by (run, step): retries find the row and stop."""
+    """A side effect to deliver once, keyed by (run, step): retries find the row and stop.
+
+    Delivery claims the row (`sending`, committed) before handing the message over, so a
+    worker that dies mid-hand-over leaves it `uncertain` for a person to check, never sent
+    a second time on its own.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
+        UNCERTAIN = "uncertain", "Uncertain (check delivery)"
         FAILED = "failed", "Failed"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
@@ -155,7 +223,17 @@ class OutboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    sending_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status__in=["pending", "sending"]),
+                name="outbox_undelivered",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.channel} · {self.idempotency_key}"
@@ -205,3 +283,46 @@ class TenantUsage(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class Sweep(models.Model):
+    """A periodic maintenance job (the reaper, the approvals sweep, service levels): when it
+    last ran, where, and how it went. Every worker's sweeper may run a due sweep; claiming
+    this row first makes it one at a time across machines."""
+
+    name = models.CharField(max_length=60, primary_key=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=120, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_result = models.JSONField(default=dict, blank=True)
+    rounds = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self):
+        return self.name
+
+
+class WorkerHeartbeat(models.Model):
+    """One `desk_worker` (by name, one per machine unless named otherwise): its own heartbeat
+    and the last time a probe went through its django-q2 cluster."""
+
+    name = models.CharField(max_length=100, unique=True)
+    host = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    cluster_pid = models.PositiveIntegerField(null=True, blank=True)
+    cluster_started_at = models.DateTimeField(null=True, blank=True)
+    cluster_restarts = models.PositiveIntegerField(default=0)
+    probe_ok_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a probe last went all the way through the cluster."
+    )
+    last_restart_reason = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "worker"
+
+    def __str__(self):
+        return self.name

@@ -1,5 +1,6 @@
 """AgentDesk settings, read from the environment (see README "Configuration")."""
 
+import json
 import os
 from pathlib import Path
 
@@ -123,6 +124,8 @@ EMAIL_BACKEND = os.environ.get(
     "DESK_EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
 )
 EMAIL_FILE_PATH = VAR_DIR / "outbox-mail"
+# A hand-over to the mail server that takes longer fails (and is retried, or escalated).
+EMAIL_TIMEOUT = int(os.environ.get("DESK_EMAIL_TIMEOUT", "20"))
 DEFAULT_FROM_EMAIL = os.environ.get("DESK_FROM_EMAIL", "agentdesk@localhost")
 
 # --- AgentDesk -------------------------------------------------------------------------
@@ -130,8 +133,9 @@ DEFAULT_FROM_EMAIL = os.environ.get("DESK_FROM_EMAIL", "agentdesk@localhost")
 DESK_LLM_PROVIDER = os.environ.get("DESK_LLM_PROVIDER", "offline")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
-# How long a worker owns a step before the reaper may hand it to another worker.
-DESK_STEP_LEASE_SECONDS = int(os.environ.get("DESK_STEP_LEASE_SECONDS", "300"))
+# How long a worker owns a step without renewing its lease (its heartbeat renews it every
+# quarter of this while the step executes); after that the reaper hands the step on.
+DESK_STEP_LEASE_SECONDS = int(os.environ.get("DESK_STEP_LEASE_SECONDS", "20"))
 # Attempts of one step (crashes and model failures both count) before it fails.
 DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
@@ -142,6 +146,9 @@ DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
 DESK_TASK_TIMEOUT = int(os.environ.get("DESK_TASK_TIMEOUT", "600"))
 Q_CLUSTER = {
     "name": "agentdesk",
+    # django-q2's brokers with the hooks a supervised cluster reports progress through
+    # (desk.cluster); the ORM or Redis one, as configured below.
+    "broker_class": "desk.cluster.SupervisedORM",
     "workers": int(os.environ.get("DESK_Q_WORKERS", "2")),
     "timeout": DESK_TASK_TIMEOUT,
     # Must exceed the longest task, or the ORM broker hands the task out again.
@@ -155,6 +162,7 @@ Q_CLUSTER = {
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["broker_class"] = "desk.cluster.SupervisedRedis"
 else:
     Q_CLUSTER["orm"] = "default"
 
@@ -181,5 +189,20 @@ DESK_API_MAX_BODY_BYTES = int(os.environ.get("DESK_API_MAX_BODY_BYTES", str(64 *
 DESK_WORKER_BATCH = int(os.environ.get("DESK_WORKER_BATCH", "64"))
 DESK_MODEL_CONCURRENCY = int(os.environ.get("DESK_MODEL_CONCURRENCY", "128"))
 DESK_TENANT_MODEL_CONCURRENCY = int(os.environ.get("DESK_TENANT_MODEL_CONCURRENCY", "32"))
-# A worker task stops taking new runs after this long (it must end within DESK_TASK_TIMEOUT).
-DESK_WORKER_TASK_SECONDS = int(os.environ.get("DESK_WORKER_TASK_SECONDS", "120"))
+# A worker task stops taking new runs after this long and hands on to a successor (it must
+# end within DESK_TASK_TIMEOUT; shorter tasks let the supervisor's probe through sooner).
+DESK_WORKER_TASK_SECONDS = int(os.environ.get("DESK_WORKER_TASK_SECONDS", "30"))
+
+# A ready step nobody took for this long has lost its doorbell: the reaper rings again.
+DESK_STALL_SECONDS = int(os.environ.get("DESK_STALL_SECONDS", "15"))
+# How patient a desk_worker is with its cluster (desk.supervisor.Timing), as JSON, e.g.
+# {"probe_timeout": 15, "busy_grace": 15}; the defaults suit production.
+DESK_SUPERVISOR_TIMING = json.loads(os.environ.get("DESK_SUPERVISOR_TIMING") or "{}")
+
+# Upkeep every worker's sweeper runs, each once per period across all machines
+# (desk.services.maintenance): name -> (function, seconds between rounds).
+DESK_SWEEPS = {
+    "reaper": ("desk.services.maintenance.reap", 5),
+    "approvals": ("approvals.services.sweep_approvals", 15),
+    "service_levels": ("desk.services.maintenance.escalate_service_levels", 60),
+}

@@ -1,10 +1,14 @@
-"""What a worker task does: keep many runs moving at once in one process.
+"""What a worker task does: keep many runs moving at once in one process. This is the only
+executor: the cluster runs it (desk.tasks.advance_run) and tests drive it (`work`).
 
-A model call is I/O, so a task does not block on it: it leases ready steps of up to
-DESK_WORKER_BATCH runs, awaits their model calls together (async httpx), and checkpoints
-each result as it lands, running every run's autonomous steps back to back. Database work
-runs in one thread beside the event loop; model calls are bounded per process and per
-tenant. The task ends when no run it can see has a ready step.
+A model call is I/O, so a task does not block on it: it advances up to DESK_WORKER_BATCH
+runs at once, awaits their model calls together (async httpx) and checkpoints each result
+as it lands. Database work runs in one thread beside the event loop; model calls are
+bounded per process and per tenant, and each step's execution by its deadline. A heartbeat
+renews the leases the task holds while their steps execute, so a slow but live model call
+keeps its step and a dead worker's steps are taken over once their short leases lapse.
+The task ends when no run it can see has a ready step, or hands on to a successor when its
+time is up.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections import deque
+from collections.abc import Collection
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
@@ -21,8 +25,8 @@ from django.db import close_old_connections, connection
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 
-from desk import engine
-from desk.models import StepRun
+from desk import cluster, doorbell, engine
+from desk.models import Run, StepRun
 from desk.providers import ProviderError, get_provider
 from tenants import rls
 
@@ -34,17 +38,21 @@ def db(func):
     return sync_to_async(func, thread_sensitive=True)
 
 
-def ready_runs(*, limit: int, exclude: set[int]) -> list[tuple[int, int]]:
-    """(run id, tenant id) of runs with a ready step, in weighted fair order across tenants.
+def ready_runs(
+    *, limit: int, exclude: Collection[int], only: Collection[int] | None = None
+) -> list[tuple[int, int]]:
+    """(run id, tenant id) of running runs with a ready step, in weighted fair order.
 
     Each tenant's oldest ready runs are interleaved by priority weight, so one tenant's
     backlog cannot push another tenant's work to the back. Reads ids only, across
     tenants: the scheduler is the one component that does.
     """
     with rls.platform_context():
+        ready = StepRun.objects.filter(status=StepRun.Status.READY, run__status=Run.Status.RUNNING)
+        if only is not None:
+            ready = ready.filter(run_id__in=only)
         ranked = (
-            StepRun.objects.filter(status=StepRun.Status.READY)
-            .exclude(run_id__in=exclude)
+            ready.exclude(run_id__in=exclude)
             .annotate(
                 rank=Window(RowNumber(), partition_by=[F("tenant_id")], order_by=F("run_id").asc())
             )
@@ -77,10 +85,26 @@ class Limits:
         return self.per_tenant[tenant_id]
 
 
-async def execute_async(lease: engine.Lease, limits: Limits) -> engine.Outcome:
-    """Like engine.execute, awaiting model calls instead of blocking on them."""
+async def execute(lease: engine.Lease, limits: Limits) -> engine.Outcome:
+    """Execute a leased step (a model call, or a tool that waits on the network) within its
+    deadline; never raises."""
+    try:
+        return await asyncio.wait_for(_execute(lease, limits), lease.deadline_seconds)
+    except TimeoutError:
+        return engine.Outcome(
+            error=f"the step did not finish within {lease.deadline_seconds:g} s",
+            error_code="timeout",
+        )
+    except Exception as exc:  # fail the step, never the task
+        logger.exception("step %s of run %s crashed", lease.step.pk, lease.run.pk)
+        return engine.Outcome.crashed(exc)
+
+
+async def _execute(lease: engine.Lease, limits: Limits) -> engine.Outcome:
     if lease.step.kind != "llm":
-        return await db(engine.execute)(lease)
+        # Its own thread and database connection: the network wait must not hold the
+        # thread every other run's database work goes through.
+        return await sync_to_async(engine.execute_tool, thread_sensitive=False)(lease)
     try:
         # Tenant first: a tenant at its bound must not sit on process-wide slots.
         async with limits.tenant(lease.run.tenant_id), limits.total:
@@ -92,13 +116,6 @@ async def execute_async(lease: engine.Lease, limits: Limits) -> engine.Outcome:
                 limits.in_flight -= 1
     except ProviderError as exc:
         return engine.Outcome(error=str(exc), error_code=exc.code)
-    except Exception as exc:  # fail the step, never the task
-        logger.exception("step %s of run %s crashed", lease.step.pk, lease.run.pk)
-        return engine.Outcome(
-            error=f"{type(exc).__name__}: {exc}",
-            error_code="crash",
-            extra={"traceback": traceback.format_exc(limit=5)},
-        )
     return engine.Outcome(
         output=response.output,
         model=response.model,
@@ -107,81 +124,108 @@ async def execute_async(lease: engine.Lease, limits: Limits) -> engine.Outcome:
     )
 
 
-async def _advance(run_id: int, tenant_id: int, limits: Limits) -> int:
-    """Execute one run's steps until it parks, ends or fails; return steps executed."""
-    executed = 0
-    for _ in range(engine.MAX_STEPS_PER_TASK):
-        lease = await db(engine.lease_next_step)(run_id=run_id, tenant_id=tenant_id)
-        if lease is None:
-            break
-        executed += 1
-        if lease.settled is not None:
-            settled = lease.settled  # a quick tool, done inside the lease's transaction
-        else:
-            settled = await db(engine.checkpoint)(lease, await execute_async(lease, limits))
-        if not settled:
-            break
-    return executed
+class Task:
+    """One worker task's state: its leases in flight and its time budget."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self.limits = Limits()
+        self.leases: set[engine.Lease] = set()
+        # Stop taking new runs in time to finish well within django-q2's task timeout; the
+        # task then rings for a successor if work is left.
+        self.deadline = time.monotonic() + settings.DESK_WORKER_TASK_SECONDS
+        self.owner = engine.new_lease_owner()
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    async def advance(self, run_id: int, tenant_id: int) -> int:
+        """Execute one run's steps until it parks, ends or fails; return steps settled."""
+        progress = await db(engine.advance)(run_id=run_id, tenant_id=tenant_id, owner=self.owner)
+        settled = progress.settled
+        while progress.lease is not None:
+            lease = progress.lease
+            self.leases.add(lease)
+            try:
+                outcome = await execute(lease, self.limits)
+            finally:
+                self.leases.discard(lease)
+            progress = await db(engine.checkpoint)(lease, outcome, go_on=not self.out_of_time())
+            settled += progress.settled
+        return settled
+
+    async def heartbeat(self) -> None:
+        """Renew this task's leases while it runs, and tell the supervisor it is alive."""
+        interval = max(0.5, settings.DESK_STEP_LEASE_SECONDS / 4)
+        while True:
+            try:
+                await db(engine.renew_leases)(leases=list(self.leases))
+            except Exception:  # the database is away: leases lapse, and the beat stops
+                logger.exception("could not renew %d leases", len(self.leases))
+            else:
+                cluster.beat_busy()
+            await asyncio.sleep(interval)
 
 
-async def _work(seed: list[tuple[int, int]], batch: int) -> dict[str, int]:
+async def _work(seed: list[tuple[int, int]], batch: int, only) -> dict[str, int]:
     await db(_refresh_connection)()
-    limits = Limits()
+    task = Task(batch)
+    heartbeat = asyncio.create_task(task.heartbeat())
     candidates = deque(seed)
     active: dict[asyncio.Task, int] = {}
     idle: set[int] = set()  # runs that had nothing to do for this task: don't fetch again
-    executed = 0
-    # Stop taking new runs in time to finish well within django-q2's task timeout; the
-    # task then rings for a successor if work is left.
-    deadline = time.monotonic() + settings.DESK_WORKER_TASK_SECONDS
-    out_of_time = False
-    while True:
-        out_of_time = time.monotonic() > deadline
-        while len(active) < batch and not out_of_time:
-            if not candidates:
-                busy = set(active.values()) | idle
-                candidates.extend(await db(ready_runs)(limit=batch - len(active), exclude=busy))
+    settled = 0
+    try:
+        while True:
+            while len(active) < batch and not task.out_of_time():
                 if not candidates:
-                    break
-            run_id, tenant_id = candidates.popleft()
-            if run_id in active.values() or run_id in idle:
-                continue
-            active[asyncio.create_task(_advance(run_id, tenant_id, limits))] = run_id
-        if not active:
-            break
-        done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            run_id = active.pop(task)
-            try:
-                steps = task.result()
-            except Exception:
-                # A lost connection, say: the step's lease expires and the reaper hands it on.
-                logger.exception("run %s: advancing failed", run_id)
-                steps = 0
-            executed += steps
-            if not steps:
-                idle.add(run_id)
-    provider = get_provider()
-    if hasattr(provider, "aclose"):
-        await provider.aclose()
-    if out_of_time and await db(ready_runs)(limit=1, exclude=idle):
-        await db(_ring_successor)()
-    return {"steps": executed, "peak_model_calls": limits.peak}
+                    busy = set(active.values()) | idle
+                    more = await db(ready_runs)(limit=batch - len(active), exclude=busy, only=only)
+                    candidates.extend(more)
+                    if not candidates:
+                        break
+                run_id, tenant_id = candidates.popleft()
+                if run_id in active.values() or run_id in idle:
+                    continue
+                active[asyncio.create_task(task.advance(run_id, tenant_id))] = run_id
+            if not active:
+                break
+            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                run_id = active.pop(finished)
+                try:
+                    steps = finished.result()
+                except Exception:
+                    # A lost connection, say: the step's lease lapses and the reaper hands it on.
+                    logger.exception("run %s: advancing failed", run_id)
+                    steps = 0
+                settled += steps
+                if not steps:
+                    idle.add(run_id)
+    finally:
+        heartbeat.cancel()
+        provider = get_provider()
+        if hasattr(provider, "aclose"):
+            await provider.aclose()
+    if task.out_of_time() and await db(ready_runs)(limit=1, exclude=idle, only=only):
+        await db(doorbell.ring_work_now)()
+    return {"steps": settled, "peak_model_calls": task.limits.peak}
 
 
-def _ring_successor() -> None:
-    from django_q.tasks import async_task
-
-    async_task("desk.tasks.advance_run", run_id=None, q_options={"group": "runs"})
-
-
-def work(*, run_id: int | None = None, batch: int | None = None) -> dict[str, int]:
-    """Advance `run_id` and every other run with ready work, many at once."""
+def work(
+    *,
+    run_id: int | None = None,
+    tenant_id: int | None = None,
+    batch: int | None = None,
+    only: Collection[int] | None = None,
+) -> dict[str, int]:
+    """Advance `run_id` first, then every other run with ready work (or only the runs in
+    `only`), many at once, until none is left."""
     seed = []
     if run_id is not None:
-        tenant_id = rls.tenant_of("desk_run", run_id)
+        tenant_id = tenant_id or rls.tenant_of("desk_run", run_id)
         if tenant_id is not None:
             seed.append((run_id, tenant_id))
     # async_to_sync (not asyncio.run) so that database work runs in this very thread, on the
     # connection (and transaction) django-q or the caller already manages.
-    return async_to_sync(_work)(seed, batch or settings.DESK_WORKER_BATCH)
+    return async_to_sync(_work)(seed, batch or settings.DESK_WORKER_BATCH, only)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from audit.services import Actor, apply_changes, record
 from roles.models import Role, RoleVersion
 from roles.workflow import validate_definition, validate_json_schema
+from tenants import locking
+from tenants.locking import Level, lock
 from tenants.models import Tenant
 
 
@@ -28,7 +29,7 @@ def create_role(
 
     Raises ValidationError on invalid fields or input schema.
     """
-    with transaction.atomic():
+    with locking.atomic():
         role = Role(tenant=tenant, slug=slug, name=name, input_schema=input_schema or {}, **fields)
         validate_json_schema(role.input_schema, label="The input schema")
         role.full_clean()
@@ -55,8 +56,8 @@ def update_role(*, role: Role, actor: Actor, changes: dict[str, Any]) -> Role:
 
     Raises ValidationError on invalid values or input schema.
     """
-    with transaction.atomic():
-        role = Role.objects.select_for_update(no_key=True).get(pk=role.pk)
+    with locking.atomic():
+        role = lock(Role.objects.all(), Level.ROW).get(pk=role.pk)
         diff = apply_changes(role, changes, allowed=ROLE_FIELDS)
         if not diff:
             return role
@@ -74,8 +75,8 @@ def set_canary(*, role: Role, version: RoleVersion | None, percent: int, actor: 
     Raises ValidationError for a draft, another role's version, the active version, or a
     share outside 0-100.
     """
-    with transaction.atomic():
-        role = Role.objects.select_for_update(no_key=True).get(pk=role.pk)
+    with locking.atomic():
+        role = lock(Role.objects.all(), Level.ROW).get(pk=role.pk)
         if version is None or percent == 0:
             version, percent = None, 0
         else:
@@ -108,8 +109,8 @@ def create_role_version(
     Raises ValidationError when the definition is invalid.
     """
     validate_definition(definition, allowed_tools=role.allowed_tools or None)
-    with transaction.atomic():
-        Role.objects.select_for_update(no_key=True).filter(pk=role.pk).first()
+    with locking.atomic():
+        lock(Role.objects.filter(pk=role.pk), Level.ROW).first()
         last = role.versions.aggregate(last=Max("number"))["last"] or 0
         version = RoleVersion(
             role=role,
@@ -139,8 +140,8 @@ def publish_role_version(
     Raises ValidationError when the version is already published, invalid, or the actor
     wrote it (four eyes).
     """
-    with transaction.atomic():
-        version = RoleVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
+    with locking.atomic():
+        version = lock(RoleVersion.objects.all(), Level.ROW).get(pk=version.pk)
         if version.is_published:
             raise ValidationError("This version is already published.")
         if actor.user is not None and version.created_by_id == actor.user.pk:
@@ -169,8 +170,8 @@ def activate_role_version(*, version: RoleVersion, actor: Actor) -> Role:
 
     Raises ValidationError for a draft version.
     """
-    with transaction.atomic():
-        role = Role.objects.select_for_update(no_key=True).get(pk=version.role_id)
+    with locking.atomic():
+        role = lock(Role.objects.all(), Level.ROW).get(pk=version.role_id)
         if not version.is_published:
             raise ValidationError("Only a published version can be activated.")
         previous = role.active_version

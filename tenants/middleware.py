@@ -3,20 +3,24 @@ from tenants.scoping import break_glass_grants, member_tenant_ids
 from tenants.services import record_break_glass_view
 
 UNAUDITED_PREFIXES = ("/static/", "/admin/jsi18n/", "/favicon.ico")
+# Paths that set their own database context: the intake API (from its bearer key) and the
+# health probe (which must answer, with a JSON 503, when the database is down).
+OWN_CONTEXT_PREFIXES = ("/api/", "/healthz")
 
 
 class TenantContextMiddleware:
     """Run each admin request in a transaction that sees only the user's tenants, and audit
     every page a platform-staff member views under break-glass access.
 
-    The intake API sets its own context from the bearer key (desk.api).
+    The intake API sets its own context from the bearer key (desk.api); the health probe
+    reads no tenant data.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith("/api/"):
+        if request.path.startswith(OWN_CONTEXT_PREFIXES):
             return self.get_response(request)
         user = request.user
         if not user.is_authenticated:

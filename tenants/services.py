@@ -8,13 +8,14 @@ import secrets
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import F
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.services import Actor, apply_changes, lock_chain, record
-from tenants import rls
+from tenants import locking, rls
+from tenants.locking import Level, lock
 from tenants.models import (
     ApiKey,
     ApiRateWindow,
@@ -73,9 +74,9 @@ def update_tenant_settings(*, tenant: Tenant, actor: Actor, changes: dict) -> Te
 
     Raises ValidationError on invalid values.
     """
-    with transaction.atomic():
+    with locking.atomic():
         lock_chain(tenant.pk)
-        tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant.pk)
+        tenant = lock(Tenant.objects.all(), Level.TENANT).get(pk=tenant.pk)
         diff = apply_changes(tenant, changes, allowed=TENANT_SETTINGS)
         if not diff:
             return tenant
@@ -88,7 +89,7 @@ def update_tenant_settings(*, tenant: Tenant, actor: Actor, changes: dict) -> Te
 
 def grant_membership(*, user, tenant: Tenant, kind: str, actor: Actor) -> Membership:
     """Give a user a kind of membership in a tenant (idempotent)."""
-    with transaction.atomic():
+    with locking.atomic():
         membership = Membership.objects.filter(user=user, tenant=tenant, kind=kind).first()
         created = membership is None
         if created:
@@ -110,7 +111,7 @@ def grant_membership(*, user, tenant: Tenant, kind: str, actor: Actor) -> Member
 
 def revoke_membership(*, membership: Membership, actor: Actor) -> None:
     """Remove a membership and the permissions that came with it."""
-    with transaction.atomic():
+    with locking.atomic():
         user, tenant, kind = membership.user, membership.tenant, membership.kind
         record(
             tenant=tenant,
@@ -126,7 +127,7 @@ def revoke_membership(*, membership: Membership, actor: Actor) -> None:
 
 def change_membership_kind(*, membership: Membership, kind: str, actor: Actor) -> Membership:
     """Change what a member may do in the tenant."""
-    with transaction.atomic():
+    with locking.atomic():
         old_kind = membership.kind
         membership.kind = kind
         membership.full_clean()
@@ -154,7 +155,7 @@ def upsert_client_record(
     data=None,
 ) -> ClientRecord:
     """Create or update one client record of a tenant."""
-    with transaction.atomic():
+    with locking.atomic():
         record_obj, created = ClientRecord.objects.update_or_create(
             tenant=tenant,
             reference=reference,
@@ -172,7 +173,7 @@ def upsert_client_record(
 
 def delete_client_record(*, client_record: ClientRecord, actor: Actor) -> None:
     """Remove a client record; the audit trail keeps its reference."""
-    with transaction.atomic():
+    with locking.atomic():
         record(
             tenant=client_record.tenant_id,
             actor=actor,
@@ -213,7 +214,7 @@ def create_api_key(
         raise ValidationError(f"No such role in {tenant.slug}: {', '.join(sorted(unknown))}.")
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    with transaction.atomic():
+    with locking.atomic():
         api_key = ApiKey(
             tenant=tenant,
             name=name.strip(),
@@ -237,8 +238,8 @@ def create_api_key(
 
 def revoke_api_key(*, api_key: ApiKey, actor: Actor) -> ApiKey:
     """Stop a key from working (idempotent)."""
-    with transaction.atomic():
-        api_key = ApiKey.objects.select_for_update(no_key=True).get(pk=api_key.pk)
+    with locking.atomic():
+        api_key = lock(ApiKey.objects.all(), Level.ROW).get(pk=api_key.pk)
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             api_key._history_user = actor.user
@@ -285,7 +286,7 @@ def count_api_request(*, api_key: ApiKey) -> tuple[bool, int]:
         )
         if not updated:
             try:
-                with transaction.atomic():
+                with locking.atomic():
                     ApiRateWindow.objects.create(
                         api_key=api_key, window_start=window_start, count=1
                     )
@@ -359,7 +360,7 @@ def open_break_glass(*, user, tenant: Tenant, reason: str, minutes: int = 60) ->
 def close_break_glass(*, grant: BreakGlassGrant, actor: Actor) -> BreakGlassGrant:
     """End break-glass access before it expires (idempotent)."""
     with rls.platform_context():
-        grant = BreakGlassGrant.objects.select_for_update(no_key=True).get(pk=grant.pk)
+        grant = lock(BreakGlassGrant.objects.all(), Level.ROW).get(pk=grant.pk)
         now = timezone.now()
         if grant.ended_at is None and grant.expires_at > now:
             grant.ended_at = now

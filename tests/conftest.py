@@ -8,6 +8,7 @@ from django.db import connection
 
 from audit.services import Actor
 from desk.demo import seed_demo
+from desk.services import start_run
 from roles.models import Role
 from tenants.models import Tenant
 
@@ -77,6 +78,31 @@ def superuser(db):
     return get_user_model().objects.create_superuser(
         "platform", "platform@example.com", "pw-platform-1"
     )
+
+
+@pytest.fixture
+def start_intake(harbor, intake_role):
+    def start(**overrides):
+        return start_run(
+            tenant=harbor,
+            role=intake_role,
+            input={**INTAKE_INPUT, **overrides},
+            actor=Actor.system("tests"),
+            via="command",
+        )
+
+    return start
+
+
+@pytest.fixture
+def parked_intake(start_intake):
+    """An intake run taken to its review gate (the drafted reply)."""
+    run = start_intake()
+    from tests.runtime import advance
+
+    advance(run.pk)
+    run.refresh_from_db()
+    return run
 
 
 def on_postgres() -> bool:

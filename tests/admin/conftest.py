@@ -13,7 +13,6 @@ from approvals.gate import ApprovalGate
 from approvals.models import ApprovalRequest
 from approvals.services import decide
 from audit.services import Actor
-from desk.engine import advance_run
 from desk.models import Run
 from desk.services import start_run
 from roles.models import Role
@@ -26,6 +25,7 @@ from tenants.services import (
     open_break_glass,
 )
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 BREAK_GLASS_REASON = "Ticket 4521: client reports a missing reply"
 
@@ -46,7 +46,7 @@ def start_intake(tenant: Tenant, user, input=INTAKE_INPUT) -> Run:
 def parked(tenant: Tenant, user, input=INTAKE_INPUT) -> Run:
     """An intake run taken to its review gate (the drafted reply)."""
     run = start_intake(tenant, user, input)
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.WAITING_APPROVAL
     return run
@@ -125,7 +125,7 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
             verdict="approve",
             comment="fine",
         )
-        advance_run(run_id=done.pk)
+        advance(done.pk)
         done.refresh_from_db()
         assert done.status == Run.Status.COMPLETED
         waiting = parked(tenant, users["ops"], input)

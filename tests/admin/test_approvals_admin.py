@@ -11,11 +11,11 @@ from approvals.gate import ApprovalGate
 from approvals.models import ApprovalPolicy, Escalation
 from audit.models import AuditEvent
 from audit.services import Actor
-from desk.engine import advance_run
 from desk.models import Run
 from roles.models import Role
 from tenants.services import update_tenant_settings
 from tests.admin.conftest import parked, start_intake
+from tests.runtime import advance
 
 POLICY_ADD = reverse("admin:approvals_approvalpolicy_add")
 
@@ -160,7 +160,7 @@ def budget_escalation(harbor, users) -> Escalation:
         tenant=harbor, actor=Actor.system("tests"), changes={"monthly_token_budget": 1}
     )
     run = start_intake(harbor, users["ops"])
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     assert Run.objects.get(pk=run.pk).status == Run.Status.ON_HOLD
     return Escalation.objects.get(run=run)
 

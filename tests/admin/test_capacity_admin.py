@@ -12,12 +12,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import Actor
-from desk.engine import advance_run
 from desk.models import ModelPrice, Run, StepRun, TenantUsage
 from desk.services import month_start
 from tenants.models import Tenant
 from tenants.services import update_tenant_settings
 from tests.admin.conftest import start_intake
+from tests.runtime import advance
 
 CHANGELIST_URL = reverse("admin:tenants_tenant_changelist")
 
@@ -38,9 +38,9 @@ def busy_harbor(harbor, users):
     runs = [start_intake(harbor, users["ops"]) for _ in range(4)]
     assert [Run.objects.get(pk=run.pk).status for run in runs] == ["running"] + ["queued"] * 3
 
-    advance_run(run_id=runs[0].pk)  # parks at the draft's review, freeing its slot
+    advance(runs[0].pk)  # parks at the draft's review, freeing its slot
     update_tenant_settings(tenant=harbor, actor=system, changes={"monthly_token_budget": 100})
-    advance_run(run_id=runs[1].pk)  # over the token budget: held before its first model call
+    advance(runs[1].pk)  # over the token budget: held before its first model call
 
     assert [Run.objects.get(pk=run.pk).status for run in runs] == [
         Run.Status.WAITING_APPROVAL,

@@ -35,7 +35,9 @@ def test_tenant_people_get_403(client, users, page, username):
 
 
 def test_a_tenant_operator_cannot_delete_a_schedule(client, users):
-    schedule = Schedule.objects.order_by("pk").first()
+    schedule = Schedule.objects.create(
+        name="nightly", func="desk.tasks.advance_run", schedule_type=Schedule.DAILY
+    )
     client.force_login(users["ops"])
 
     response = client.post(

@@ -10,10 +10,10 @@ from django.utils.html import escape
 
 from approvals.models import ApprovalRequest, Decision
 from audit.models import AuditEvent
-from desk.engine import advance_run
 from desk.models import OutboxMessage, Run
 from tests.admin.conftest import parked
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 QUEUE_URL = reverse("admin:approvals_approvalrequest_changelist")
 
@@ -44,7 +44,7 @@ def test_ops_starts_a_run_and_reviewer_approves_its_draft(client, harbor, intake
     assert response.status_code == 302
     assert response["Location"] == reverse("admin:desk_run_change", args=[run.pk])
 
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     run.refresh_from_db()
     request = ApprovalRequest.objects.get(run=run)
     body = request.proposal["draft"]["body"]
@@ -76,7 +76,7 @@ def test_ops_starts_a_run_and_reviewer_approves_its_draft(client, harbor, intake
     messages = [str(m) for m in client.get(QUEUE_URL).context["messages"]]
     assert messages == [f"Approved “draft” of {run}; the run goes on."]
 
-    advance_run(run_id=run.pk)
+    advance(run.pk)
 
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED
@@ -126,7 +126,7 @@ def test_edit_and_approve_sends_the_edited_draft(client, parked_run, users):
     response = client.post(
         review_url(request), {"verdict": "edit", "edited_payload": json.dumps(edited)}
     )
-    advance_run(run_id=parked_run.pk)
+    advance(parked_run.pk)
 
     assert response.status_code == 302
     decision = Decision.objects.get(request=request)

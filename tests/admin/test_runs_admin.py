@@ -13,13 +13,13 @@ from django.utils import timezone
 from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
 from audit.services import Actor
-from desk.engine import advance_run
 from desk.models import Run
 from desk.services import cancel_run, sla_state
 from roles.models import Role
 from tenants.services import update_tenant_settings
 from tests.admin.conftest import parked, start_intake
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 ADD_URL = reverse("admin:desk_run_add")
 CHANGELIST_URL = reverse("admin:desk_run_changelist")
@@ -216,7 +216,7 @@ def test_a_run_on_hold_stands_out(client, users, harbor):
         tenant=harbor, actor=Actor.system("tests"), changes={"monthly_token_budget": 1}
     )
     run = start_intake(harbor, users["ops"])
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     client.force_login(users["ops"])
 
     response = client.get(CHANGELIST_URL, {"status": "on_hold"})

@@ -39,6 +39,8 @@ PLATFORM_ONLY = {
     "auth.user",
     "auth.group",
     "desk.modelprice",
+    "desk.sweep",
+    "desk.workerheartbeat",
     "django_q.schedule",
     "django_q.success",
     "django_q.failure",

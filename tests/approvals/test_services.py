@@ -62,7 +62,7 @@ def test_the_resume_is_enqueued_only_after_the_decision_commits(
     request_, users, django_capture_on_commit_callbacks, monkeypatch
 ):
     rung = []
-    monkeypatch.setattr("desk.tasks.async_task", lambda func, **kw: rung.append(kw["run_id"]))
+    monkeypatch.setattr("desk.doorbell.async_task", lambda func, **kw: rung.append(kw["run_id"]))
 
     with django_capture_on_commit_callbacks(execute=True):
         decide(request=request_, reviewer=users["reviewer.harbor"], verdict="approve")

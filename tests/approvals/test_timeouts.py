@@ -7,7 +7,7 @@ from django.core import mail
 from django.utils import timezone
 
 from approvals.models import ApprovalRequest, Escalation
-from approvals.services import notify_reviewers, process_overdue_requests
+from approvals.services import notify_reviewers, sweep_approvals
 from audit.models import AuditEvent
 from desk.models import Run
 
@@ -34,11 +34,11 @@ def test_remind_e_mails_the_reviewers_once(
     )
 
     with django_capture_on_commit_callbacks(execute=True):
-        first = process_overdue_requests()
-    second = process_overdue_requests()
+        first = sweep_approvals()
+    second = sweep_approvals()
 
-    assert first == {"remind": 1, "escalate": 0, "reject": 0}
-    assert second == {"remind": 0, "escalate": 0, "reject": 0}
+    assert first == {"remind": 1, "escalate": 0, "reject": 0, "notified": 0}
+    assert second == {"remind": 0, "escalate": 0, "reject": 0, "notified": 0}
     assert sent == [("approvals.tasks.notify_reviewers", True)]
     assert AuditEvent.objects.filter(action="approval.overdue_remind").count() == 1
 
@@ -46,7 +46,7 @@ def test_remind_e_mails_the_reviewers_once(
 def test_escalate_opens_an_escalation(overdue):
     with_rule(overdue, "escalate")
 
-    process_overdue_requests()
+    sweep_approvals()
 
     escalation = Escalation.objects.get(run=overdue.run)
     assert escalation.kind == Escalation.Kind.APPROVAL_OVERDUE
@@ -57,7 +57,7 @@ def test_escalate_opens_an_escalation(overdue):
 def test_reject_ends_the_run(overdue):
     with_rule(overdue, "reject")
 
-    process_overdue_requests()
+    sweep_approvals()
 
     overdue.refresh_from_db()
     assert overdue.status == ApprovalRequest.Status.REJECTED

@@ -17,10 +17,10 @@ from approvals.services import decide
 from audit import exports
 from audit.models import AuditEvent
 from audit.services import Actor
-from desk.engine import advance_run
 from desk.models import Run
 from desk.services import start_run
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 
 @pytest.fixture
@@ -33,10 +33,10 @@ def finished_run(harbor, intake_role, users) -> Run:
         actor=Actor.system("tests"),
         via=Run.Via.COMMAND,
     )
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     request = ApprovalRequest.objects.get(run=run)
     decide(request=request, reviewer=users["reviewer.harbor"], verdict=Decision.Verdict.APPROVE)
-    advance_run(run_id=run.pk)
+    advance(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED
     return run

@@ -10,11 +10,11 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
 from audit.services import Actor
-from desk import engine
 from desk.models import Run, StepRun
 from desk.openapi import OPENAPI
 from tenants.services import create_api_key, revoke_api_key
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 
 @pytest.fixture
@@ -60,14 +60,14 @@ class TestRuns:
         assert created.status_code == 201
         body = created.json()
         assert matches("RunSummary", body)
-        assert body["status"] == "queued"
+        assert body["status"] == "running"  # admitted at once: free capacity
         assert created["Location"] == f"/api/v1/runs/{body['id']}"
         run = Run.objects.get(pk=body["id"])
         assert run.via == Run.Via.API
         assert run.api_key == harbor_key[0]
         assert AuditEvent.objects.get(run_id=run.pk, action="run.started").actor_type == "api_key"
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
         detail = get(client, key, body["links"]["self"])
 
         assert detail.status_code == 200
@@ -264,7 +264,7 @@ class TestTenantBoundary:
     ):
         created = post(client, harbor_key[1], {"role": "intake-coordinator", "input": INTAKE_INPUT})
         run_id = created.json()["id"]
-        engine.advance_run(run_id=run_id)
+        advance(run_id)
         other = northwind_key[1]
         before = written()
 

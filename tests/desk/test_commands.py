@@ -35,7 +35,7 @@ class TestStartRun:
         run = Run.objects.get()
         assert printed == {
             "id": run.pk,
-            "status": "queued",
+            "status": "running",  # admitted at once: the tenant has free capacity
             "tenant": "harbor-legal",
             "role": "intake-coordinator",
             "version": intake_role.active_version.number,
@@ -180,7 +180,7 @@ def test_start_run_as_a_real_process(tmp_path):
     )
     assert started.returncode == 0, started.stderr
     printed = json.loads(started.stdout)
-    assert printed["status"] == "queued"
+    assert printed["status"] == "running"
     assert printed["tenant"] == "harbor-legal"
     assert counts() == (before[0] + 1, before[1] + 1)
 

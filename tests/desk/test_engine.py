@@ -10,13 +10,14 @@ from approvals.models import ApprovalRequest, Escalation
 from approvals.services import decide
 from audit.models import AuditEvent
 from audit.services import Actor, verify_chain
-from desk import engine, services
+from desk import engine, services, worker
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ProviderError
 from desk.providers.base import ModelResponse, Provider
 from desk.services import start_run
 from roles.models import Role
 from roles.services import create_role_version, publish_role_version
+from tests.runtime import advance, execute, lease
 
 
 def actions(run):
@@ -62,8 +63,8 @@ class TestIntakeStory:
         decide(
             request=request, reviewer=users["reviewer.harbor"], verdict="approve", comment="Fine"
         )
-        engine.advance_run(run_id=run.pk)
-        engine.advance_run(run_id=run.pk)  # a duplicate doorbell changes nothing
+        advance(run.pk)
+        advance(run.pk)  # a duplicate doorbell changes nothing
 
         run.refresh_from_db()
         assert run.status == Run.Status.COMPLETED
@@ -96,7 +97,7 @@ class TestIntakeStory:
             verdict="edit",
             edited_payload=edited,
         )
-        engine.advance_run(run_id=parked_intake.pk)
+        advance(parked_intake.pk)
 
         assert '+    "body": "Dear Maya, yes' in decision.diff
         message = OutboxMessage.objects.get(run=parked_intake)
@@ -112,7 +113,7 @@ class TestIntakeStory:
             verdict="reject",
             comment="Wrong tone",
         )
-        engine.advance_run(run_id=parked_intake.pk)
+        advance(parked_intake.pk)
 
         parked_intake.refresh_from_db()
         assert parked_intake.status == Run.Status.REJECTED
@@ -130,7 +131,7 @@ class TestIntakeStory:
             verdict="revise",
             comment="Offer Tuesday",
         )
-        engine.advance_run(run_id=parked_intake.pk)
+        advance(parked_intake.pk)
 
         parked_intake.refresh_from_db()
         assert parked_intake.status == Run.Status.WAITING_APPROVAL
@@ -152,7 +153,7 @@ class TestTwoApprovals:
             actor=Actor.system("tests"),
             via="command",
         )
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
         request = ApprovalRequest.objects.get(run=run)
         assert request.required_approvals == 2
         assert request.proposal["draft"]["revenue"] == 51600.0
@@ -164,7 +165,7 @@ class TestTwoApprovals:
         assert run.status == Run.Status.WAITING_APPROVAL
 
         decide(request=request, reviewer=users["ops"], verdict="approve")
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         run.refresh_from_db()
         assert run.status == Run.Status.COMPLETED
@@ -176,7 +177,7 @@ class FlakyProvider(Provider):
         self.failures = failures
         self.calls = 0
 
-    def complete(self, request):
+    async def acomplete(self, request):
         self.calls += 1
         if self.calls <= self.failures:
             raise ProviderError("upstream returned 503", code="server_error", retryable=True)
@@ -191,10 +192,10 @@ class FlakyProvider(Provider):
 class TestFailures:
     def test_a_failed_model_call_is_retried_by_the_step(self, start_intake, monkeypatch):
         provider = FlakyProvider(failures=1)
-        monkeypatch.setattr(engine, "get_provider", lambda: provider)
+        monkeypatch.setattr(worker, "get_provider", lambda: provider)
         run = start_intake()
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         classify = steps(run)["classify"]
         assert classify.status == StepRun.Status.COMPLETED
@@ -203,10 +204,10 @@ class TestFailures:
         assert "step.error" in actions(run)
 
     def test_a_step_that_keeps_failing_fails_the_run_and_escalates(self, start_intake, monkeypatch):
-        monkeypatch.setattr(engine, "get_provider", lambda: FlakyProvider(failures=99))
+        monkeypatch.setattr(worker, "get_provider", lambda: FlakyProvider(failures=99))
         run = start_intake()
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
@@ -228,7 +229,7 @@ class TestFailures:
         monkeypatch.setattr(RecordsSearch, "run", boom)
         run = start_intake()
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
@@ -276,7 +277,7 @@ class TestToolBoundaries:
             tenant=northwind, role=role, input={}, actor=Actor.system("tests"), via="command"
         )
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         peek = steps(run)["peek"]
         assert [r["reference"] for r in peek.output["records"]] == ["C-2001"]
@@ -304,7 +305,7 @@ class TestToolBoundaries:
             tenant=harbor, role=role, input={}, actor=Actor.system("tests"), via="command"
         )
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
@@ -332,7 +333,7 @@ class TestToolBoundaries:
             tenant=harbor, role=role, input={}, actor=Actor.system("tests"), via="command"
         )
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         assert "may not read 'matter'" in steps(run)["peek"].error
         assert AuditEvent.objects.filter(run_id=run.pk, action="data.read").count() == 0
@@ -341,22 +342,23 @@ class TestToolBoundaries:
 class TestLeases:
     def test_a_result_from_a_worker_that_lost_its_lease_is_discarded(self, start_intake):
         run = start_intake()
-        lease = engine.lease_next_step(run_id=run.pk, owner="worker-a")
-        outcome = engine.execute(lease)
-        StepRun.objects.filter(pk=lease.step.pk).update(
+        first = lease(run, owner="worker-a")
+        outcome = execute(first)
+        StepRun.objects.filter(pk=first.step.pk).update(
             lease_expires_at=timezone.now() - timedelta(seconds=1)
         )
-        services.reap_expired_leases()
-        second = engine.lease_next_step(run_id=run.pk, owner="worker-b")
+        services.reap()
+        second = lease(run, owner="worker-b")
 
-        kept = engine.checkpoint(lease, outcome)
+        kept = engine.checkpoint(first, outcome)
 
-        assert kept is False
-        step = StepRun.objects.get(pk=lease.step.pk)
+        assert kept.lease is None and kept.settled == 0
+        step = StepRun.objects.get(pk=first.step.pk)
         assert step.status == StepRun.Status.RUNNING
         assert step.lease_owner == "worker-b"
         assert step.attempts == 2
         assert second.attempt == 2
+        assert step.output is None
         assert AuditEvent.objects.filter(run_id=run.pk, action="step.lease_expired").count() == 1
 
     def test_a_step_whose_worker_died_too_often_fails_into_an_escalation(
@@ -364,13 +366,13 @@ class TestLeases:
     ):
         run = start_intake()
         for _ in range(settings.DESK_STEP_MAX_ATTEMPTS):
-            lease = engine.lease_next_step(run_id=run.pk, owner="doomed")
-            StepRun.objects.filter(pk=lease.step.pk).update(
+            doomed = lease(run, owner="doomed")
+            StepRun.objects.filter(pk=doomed.step.pk).update(
                 lease_expires_at=timezone.now() - timedelta(seconds=1)
             )
-            services.reap_expired_leases()
+            services.reap()
 
-        engine.advance_run(run_id=run.pk)
+        advance(run)
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
@@ -378,9 +380,28 @@ class TestLeases:
 
     def test_a_live_lease_keeps_other_workers_off_the_step(self, start_intake):
         run = start_intake()
-        engine.lease_next_step(run_id=run.pk, owner="worker-a")
+        lease(run, owner="worker-a")
 
-        assert engine.lease_next_step(run_id=run.pk, owner="worker-b") is None
+        assert lease(run, owner="worker-b") is None
+
+    def test_a_heartbeat_keeps_a_slow_step_from_being_taken_over(self, start_intake, settings):
+        run = start_intake()
+        held = lease(run, owner="worker-a")
+        StepRun.objects.filter(pk=held.step.pk).update(
+            lease_expires_at=timezone.now() + timedelta(seconds=1)
+        )
+
+        renewed = engine.renew_leases(leases=[held])
+        services.reap(now=timezone.now() + timedelta(seconds=5))
+
+        assert renewed == 1
+        step = StepRun.objects.get(pk=held.step.pk)
+        assert step.status == StepRun.Status.RUNNING
+        assert step.lease_owner == "worker-a"
+        assert step.lease_expires_at > timezone.now() + timedelta(
+            seconds=settings.DESK_STEP_LEASE_SECONDS - 5
+        )
+        assert not AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired").exists()
 
 
 class TestOutbox:
@@ -390,7 +411,7 @@ class TestOutbox:
             reviewer=users["reviewer.harbor"],
             verdict="approve",
         )
-        engine.advance_run(run_id=parked_intake.pk)
+        advance(parked_intake.pk)
         message = OutboxMessage.objects.get(run=parked_intake)
 
         services.deliver_outbox_message(message_id=message.pk)
@@ -402,22 +423,23 @@ class TestOutbox:
         assert mail.outbox[0].to == ["maya.chen@example.com"]
         assert AuditEvent.objects.filter(action="outbox.sent", run_id=parked_intake.pk).count() == 1
 
-    def test_a_retried_send_step_writes_no_second_message(self, parked_intake, users):
+    def test_a_send_step_checkpointed_twice_writes_no_second_message(self, parked_intake, users):
         decide(
             request=ApprovalRequest.objects.get(run=parked_intake),
             reviewer=users["reviewer.harbor"],
             verdict="approve",
         )
-        lease = engine.lease_next_step(run_id=parked_intake.pk, owner="a")
-        outcome = engine.execute(lease)
-        engine.checkpoint(lease, outcome)
-        # The same effect checkpointed again by a second delivery of the same step.
-        StepRun.objects.filter(pk=lease.step.pk).update(
-            status=StepRun.Status.RUNNING, lease_owner="a"
-        )
-        engine.checkpoint(lease, engine.execute(lease))
+        send = parked_intake.steps.get(key="send")
+        advance(parked_intake)
+        # The same step settled again, as a worker whose lease was taken over would.
+        StepRun.objects.filter(pk=send.pk).update(status=StepRun.Status.READY)
+        Run.objects.filter(pk=parked_intake.pk).update(status=Run.Status.RUNNING)
+        advance(parked_intake)
 
         assert OutboxMessage.objects.filter(run=parked_intake).count() == 1
+        assert (
+            AuditEvent.objects.filter(run_id=parked_intake.pk, action="outbox.queued").count() == 1
+        )
 
 
 class TestOpenAIProvider:
@@ -429,7 +451,7 @@ class TestOpenAIProvider:
         settings.OPENAI_API_KEY = "sk-test"
         run = start_intake()
 
-        engine.advance_run(run_id=run.pk)
+        advance(run.pk)
 
         run.refresh_from_db()
         assert run.status == Run.Status.WAITING_APPROVAL
@@ -511,14 +533,21 @@ class TestStartRun:
         self, start_intake, django_capture_on_commit_callbacks, monkeypatch
     ):
         rung = []
-        monkeypatch.setattr("desk.tasks.async_task", lambda func, **kw: rung.append((func, kw)))
+        monkeypatch.setattr("desk.doorbell.async_task", lambda func, **kw: rung.append((func, kw)))
 
         with django_capture_on_commit_callbacks(execute=True):
             run = start_intake()
             assert rung == []
 
         assert rung == [
-            ("desk.tasks.advance_run", {"run_id": run.pk, "q_options": {"group": "runs"}})
+            (
+                "desk.tasks.advance_run",
+                {
+                    "run_id": run.pk,
+                    "tenant_id": run.tenant_id,
+                    "q_options": {"group": "runs", "save": False},
+                },
+            )
         ]
 
 
@@ -541,7 +570,7 @@ class TestBrokerOutage:
         def broker_down(*args, **kwargs):
             raise ConnectionError("broker unreachable")
 
-        monkeypatch.setattr("desk.tasks.async_task", broker_down)
+        monkeypatch.setattr("desk.doorbell.async_task", broker_down)
 
         with django_capture_on_commit_callbacks(execute=True) as callbacks:
             run = start_intake()

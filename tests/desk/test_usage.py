@@ -9,8 +9,9 @@ from django.utils import timezone
 from approvals.models import Escalation
 from approvals.services import DecisionError, resolve_escalation
 from audit.models import AuditEvent
-from desk import engine, services
+from desk import services
 from desk.models import ModelPrice, Run, TenantUsage
+from tests.runtime import advance
 
 
 @pytest.fixture
@@ -39,10 +40,10 @@ def test_at_the_budget_model_calls_stop_and_the_run_is_held(harbor, start_intake
     harbor.monthly_token_budget = 1
     harbor.save()
     first = start_intake()
-    engine.advance_run(run_id=first.pk)  # its first call uses the whole budget
+    advance(first.pk)  # its first call uses the whole budget
 
     second = start_intake()
-    engine.advance_run(run_id=second.pk)
+    advance(second.pk)
 
     second.refresh_from_db()
     assert second.status == Run.Status.ON_HOLD
@@ -55,13 +56,13 @@ def test_at_the_budget_model_calls_stop_and_the_run_is_held(harbor, start_intake
 def test_an_operator_lifts_the_budget_and_held_runs_go_on(harbor, start_intake, users):
     harbor.monthly_token_budget = 1
     harbor.save()
-    engine.advance_run(run_id=start_intake().pk)
+    advance(start_intake().pk)
     held = start_intake()
-    engine.advance_run(run_id=held.pk)
+    advance(held.pk)
     escalation = Escalation.objects.get(run=held)
 
     resolve_escalation(escalation=escalation, user=users["ops"], resolution="Approved overage")
-    engine.advance_run(run_id=held.pk)
+    advance(held.pk)
 
     held.refresh_from_db()
     assert held.status == Run.Status.WAITING_APPROVAL
@@ -73,9 +74,9 @@ def test_an_operator_lifts_the_budget_and_held_runs_go_on(harbor, start_intake, 
 def test_only_operators_resolve_escalations(harbor, start_intake, users):
     harbor.monthly_token_budget = 1
     harbor.save()
-    engine.advance_run(run_id=start_intake().pk)
+    advance(start_intake().pk)
     held = start_intake()
-    engine.advance_run(run_id=held.pk)
+    advance(held.pk)
 
     with pytest.raises(DecisionError):
         resolve_escalation(
@@ -95,8 +96,8 @@ def test_a_run_past_its_roles_turnaround_is_flagged_and_escalated_once(parked_in
     assert services.sla_state(parked_intake, now=now) == "at_risk"  # target is 60 min
 
     later = now + timedelta(minutes=15)
-    services.reap_expired_leases(now=later)
-    services.reap_expired_leases(now=later)
+    services.escalate_service_levels(now=later)
+    services.escalate_service_levels(now=later)
 
     parked_intake.refresh_from_db()
     assert services.sla_state(parked_intake, now=later) == "breached"

@@ -3,9 +3,10 @@
 from audit.services import Actor
 from desk import engine, worker
 from desk.models import Run, StepRun
-from desk.services import start_run
+from desk.services import admit_runs, start_run
 from roles.models import Role
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 
 def start(tenant, role, n):
@@ -34,14 +35,14 @@ class TestAdmission:
 
         assert statuses(runs) == ["running", "running", "queued"]
         assert runs[2].steps.get(index=0).status == StepRun.Status.PENDING
-        assert engine.lease_next_step(run_id=runs[2].pk) is None
+        assert engine.advance(run_id=runs[2].pk, tenant_id=harbor.pk, owner="w").lease is None
 
     def test_a_parked_run_frees_its_slot_for_the_next(self, harbor, intake_role):
         harbor.max_concurrent_runs = 1
         harbor.save()
         first, second = start(harbor, intake_role, 2)
 
-        engine.advance_run(run_id=first.pk)
+        advance(first.pk)
 
         assert statuses([first, second]) == ["waiting_approval", "running"]
 
@@ -136,11 +137,53 @@ class TestTimeBudget:
     ):
         settings.DESK_WORKER_TASK_SECONDS = -1  # out of time from the start
         rung = []
-        monkeypatch.setattr("django_q.tasks.async_task", lambda func, **kw: rung.append(kw))
+        monkeypatch.setattr("desk.doorbell.async_task", lambda func, **kw: rung.append(kw))
         runs = start(harbor, intake_role, 2)
 
         result = worker.work()
 
         assert result["steps"] == 0
         assert statuses(runs) == ["running", "running"]
-        assert rung == [{"run_id": None, "q_options": {"group": "runs"}}]
+        assert rung == [
+            {"run_id": None, "tenant_id": None, "q_options": {"group": "runs", "save": False}}
+        ]
+
+
+class TestDeadlines:
+    def test_a_model_call_past_its_steps_deadline_is_a_failed_attempt(
+        self, harbor, intake_role, fake_openai, settings, monkeypatch
+    ):
+        settings.DESK_LLM_PROVIDER = "openai"
+        settings.OPENAI_BASE_URL = fake_openai.base_url
+        fake_openai.latency = 2.0
+        monkeypatch.setattr(engine.Lease, "deadline_seconds", property(lambda lease: 0.2))
+        [run] = start(harbor, intake_role, 1)
+
+        worker.work(run_id=run.pk, only=[run.pk])
+
+        classify = run.steps.get(key="classify")
+        assert classify.status == StepRun.Status.FAILED
+        assert classify.attempts == settings.DESK_STEP_MAX_ATTEMPTS
+        assert classify.error == "the step did not finish within 0.2 s"
+        assert Run.objects.get(pk=run.pk).status == Run.Status.FAILED
+
+
+class TestDoorbells:
+    def test_admitting_many_runs_rings_one_doorbell_per_worker_batch(
+        self, harbor, intake_role, settings, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        settings.DESK_WORKER_BATCH = 2
+        rung = []
+        monkeypatch.setattr("desk.doorbell.async_task", lambda func, **kw: rung.append(kw))
+        harbor.max_concurrent_runs = 0
+        harbor.save()
+        runs = start(harbor, intake_role, 5)
+        harbor.max_concurrent_runs = 10
+        harbor.save()
+
+        with django_capture_on_commit_callbacks(execute=True):
+            admitted = admit_runs(tenant_id=harbor.pk)
+
+        assert admitted == [r.pk for r in runs]
+        assert [kw["run_id"] for kw in rung] == [runs[0].pk, runs[2].pk, runs[4].pk]
+        assert all(kw["q_options"] == {"group": "runs", "save": False} for kw in rung)

@@ -1,50 +1,28 @@
-"""Runs end to end through a real `manage.py qcluster` process.
+"""Runs end to end through a real `manage.py desk_worker` (a supervised django-q2 cluster and
+the sweeper), on the ORM and on the Redis broker.
 
 The test process plays intake and the reviewers (services, as the admin would call them);
-the cluster subprocess does the work: it takes the doorbells from the broker, executes the
-steps, parks runs at their gates and delivers the outbox. Both share pytest-django's test
-database, so the tests are transactional (the subprocess sees only committed rows).
-
-Brokers: the cluster picks its broker from its environment (REDIS_URL switches to Redis).
-django-q2 reads its configuration into `django_q.conf.Conf` once, at import, and
-`async_task` in this process asks `get_broker()`, which reads `Conf.ORM` / `Conf.REDIS`
-on every call; so the `broker` fixture patches those two attributes for the test, and the
-doorbells rung here (on commit) land on the same broker the cluster reads.
+the worker takes the doorbells from the broker, executes the steps, parks runs at their
+gates and delivers the outbox (fixtures in tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-from pathlib import Path
 
 import pytest
-import redis
 from django.contrib.auth import get_user_model
-from django_q.brokers import get_broker
-from django_q.brokers.orm import ORM
-from django_q.brokers.redis_broker import Redis as RedisBroker
-from django_q.conf import Conf
 
 from approvals.models import ApprovalRequest, Decision
 from approvals.services import decide
 from audit.models import AuditEvent
 from audit.services import Actor, verify_chain
-from desk.demo import seed_demo
 from desk.models import OutboxMessage, Run, StepRun
 from desk.services import start_run
 from roles.models import Role
 from tenants.models import Tenant
 from tests.conftest import INTAKE_INPUT
-from tests.e2e.support import (
-    database_url_of_this_process,
-    kill_tagged,
-    manage_command,
-    process_env,
-    stop_process,
-    wait_for,
-)
+from tests.e2e.support import wait_for
 
 pytestmark = [
     pytest.mark.postgres,
@@ -52,66 +30,19 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
 RUN_TIMEOUT_SECONDS = 60
 CLOSED = {Run.Status.COMPLETED, Run.Status.REJECTED, Run.Status.FAILED, Run.Status.CANCELLED}
 
 
 @pytest.fixture
-def broker(request, monkeypatch) -> dict[str, str | None]:
-    """Point this process's django-q2 at the broker the cluster will use; return its env."""
-    if getattr(request, "param", "orm") == "orm":
-        monkeypatch.setattr(Conf, "ORM", "default")
-        assert isinstance(get_broker(), ORM)
-        return {"REDIS_URL": None}
-    connection = redis.Redis.from_url(REDIS_TEST_URL)
-    try:
-        connection.ping()
-    except redis.RedisError as exc:
-        message = f"Redis at {REDIS_TEST_URL} is not reachable: {exc}"
-        if os.environ.get("CI") or os.environ.get("REDIS_TEST_URL"):
-            pytest.fail(message)
-        pytest.skip(message)
-    connection.flushdb()
-    request.addfinalizer(connection.flushdb)
-    monkeypatch.setattr(Conf, "ORM", None)
-    monkeypatch.setattr(Conf, "REDIS", REDIS_TEST_URL)
-    assert isinstance(get_broker(), RedisBroker)
-    return {"REDIS_URL": REDIS_TEST_URL}
+def worker_settings():
+    return {"DESK_LLM_PROVIDER": "offline"}
 
 
 @pytest.fixture
-def demo(transactional_db):
-    """The demo data, committed so the cluster sees it."""
-    seed_demo()
-
-
-@pytest.fixture
-def cluster(demo, broker, tmp_path):
-    """A `manage.py qcluster` on the test database; stopped (then killed) afterwards."""
-    log_path = tmp_path / "qcluster.log"
-    env = process_env(
-        tmp_path,
-        DATABASE_URL=database_url_of_this_process(),
-        DESK_Q_POLL="0.1",
-        DESK_Q_WORKERS="2",
-        DESK_LOG_LEVEL="INFO",
-        **broker,
-    )
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            manage_command("qcluster"),
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-    yield process
-    stop_process(process, sig=signal.SIGTERM, timeout=30)
-    kill_tagged(tmp_path)
-    print(f"--- qcluster output ---\n{log_path.read_text()}")  # shown when the test failed
+def cluster(workers):
+    """One desk_worker, running."""
+    return workers.start("w1").process
 
 
 def wait_for_run(run: Run, status: str, cluster: subprocess.Popen) -> Run:
@@ -151,7 +82,7 @@ def user(username: str):
 
 
 @pytest.mark.parametrize("broker", ["orm", "redis"], indirect=True)
-def test_approved_intake_reply_is_sent_once(cluster, tmp_path):
+def test_approved_intake_reply_is_sent_once(cluster, workers):
     run = start("harbor-legal", "intake-coordinator", INTAKE_INPUT)
     wait_for_run(run, Run.Status.WAITING_APPROVAL, cluster)
     request = pending_request(run)
@@ -174,7 +105,7 @@ def test_approved_intake_reply_is_sent_once(cluster, tmp_path):
     assert message.payload["to"] == INTAKE_INPUT["from_email"]
     assert message.attempts == 1
     # The cluster's file e-mail backend also holds the reviewers' notifications.
-    mails = "".join(p.read_text() for p in (tmp_path / "outbox-mail").iterdir())
+    mails = workers.mails()
     assert mails.count(f"X-AgentDesk-Key: {message.idempotency_key}\n") == 1
     actions = list(
         AuditEvent.objects.filter(run_id=run.pk).order_by("seq").values_list("action", flat=True)

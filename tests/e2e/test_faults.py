@@ -1,75 +1,63 @@
-"""Faults through real `manage.py qcluster` processes on PostgreSQL: a worker killed mid-step,
-the whole cluster killed and restarted, every task delivered twice, the cluster connecting
-as the application role (row-level security enforced), and PostgreSQL restarted mid-run.
+"""Faults through real `manage.py desk_worker` processes on PostgreSQL: every kind of process
+of a worker killed mid-load, processes stopped (SIGSTOP) so that the cluster hangs while it
+looks alive, a worker killed during a slow model call, repeated kills of any process, two
+workers sharing the broker while one dies entirely, every task delivered twice, the worker
+connecting as the application role, and PostgreSQL restarted mid-run.
 
-As in test_cluster.py, the test process plays intake and the reviewers and the cluster
-subprocess does the work; model calls go to a FakeOpenAIServer (in this process) whose
-latency keeps steps in flight long enough to hit them. Every story ends with each run parked
-at its gate or completed, no step lost, each approved reply sent exactly once (one outbox
-row, one mail) and every tenant's audit chain intact.
-
-The reaper runs every minute on the cluster's schedule; the tests call
-`desk.services.reap_expired_leases()` in this process instead, once the leases they broke
-have expired, to stay short. Runs whose doorbell a crash lost are re-rung by the reaper
-once they look stalled (`STALL_SECONDS`); the tests that lose doorbells set that to 0.
-
-Two tests pin down runtime bugs these faults exposed (the lease owner named the qcluster
-parent instead of the worker; a notification delivered twice was sent twice).
+Model calls go to a FakeOpenAIServer (in this process) whose latency keeps steps in flight
+long enough to hit them. Leases are short (LEASE_SECONDS, renewed by each worker task's
+heartbeat) and the supervisor's patience is the tests' (tests/e2e/workers.py), so recovery
+takes seconds. Every story ends with each run parked at its gate or completed, no step
+lost, each approved reply sent exactly once (one outbox row, one mail) and every tenant's
+audit chain intact.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import random
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import time
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import django_q.tasks
 import pytest
-import redis
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
-from django_q.brokers import get_broker
-from django_q.brokers.orm import ORM
-from django_q.brokers.redis_broker import Redis as RedisBroker
-from django_q.conf import Conf
 from django_q.models import Task
 from django_q.tasks import async_task
 
-import desk.services
-import desk.tasks
-from approvals.models import ApprovalRequest, Decision
-from approvals.services import decide
+import desk.doorbell
+from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
-from audit.services import Actor, verify_chain
-from desk.demo import seed_demo
-from desk.models import OutboxMessage, Run, StepRun
-from desk.services import reap_expired_leases, start_run
-from roles.models import Role
+from desk.models import OutboxMessage, Run, StepRun, Sweep, WorkerHeartbeat
 from tenants.models import Tenant
-from tests.conftest import INTAKE_INPUT
 from tests.e2e.support import (
     database_url_of_this_process,
-    kill_group,
-    kill_tagged,
-    manage_command,
     process_env,
-    process_group,
     restart_postgresql,
-    stop_process,
+    run_manage,
     wait_for,
     wait_for_database,
 )
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.e2e.workers import (
+    TIMEOUT,
+    approve_all,
+    approve_and_wait_until_sent,
+    assert_nothing_lost_or_doubled,
+    is_stopped,
+    running_steps,
+    start_runs,
+    statuses,
+    wait_until_all,
+    wait_until_sent,
+)
 
 pytestmark = [
     pytest.mark.postgres,
@@ -77,409 +65,250 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
-TIMEOUT = 60  # seconds any one wait may take
-# Model calls take MODEL_LATENCY; leases last LEASE_SECONDS, comfortably longer, so that
-# only a dead worker's lease ever expires.
-MODEL_LATENCY = 2.0
-LEASE_SECONDS = 5
-REVIEWERS = {"harbor-legal": "reviewer.harbor", "northwind-accounting": "reviewer.northwind"}
-
-# Run by `python -c` instead of manage.py: every task the cluster enqueues (doorbells,
-# outbox deliveries, reviewer notifications) goes onto the broker twice. django-q2 forks
-# its workers, so they inherit the patch.
-RING_TWICE_LAUNCHER = """
-import os, sys
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "desk.settings")
-import django
-django.setup()
-import desk.tasks, django_q.tasks
-
-def twice(enqueue):
-    def enqueue_twice(*args, **kwargs):
-        enqueue(*args, **kwargs)
-        return enqueue(*args, **kwargs)
-    return enqueue_twice
-
-desk.tasks.async_task = twice(desk.tasks.async_task)
-django_q.tasks.async_task = twice(django_q.tasks.async_task)
-from django.core.management import execute_from_command_line
-execute_from_command_line(["manage.py", *sys.argv[1:]])
-"""
-
-
-# --- clusters -------------------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    process: subprocess.Popen
-    log_path: Path
-
-    def output(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def worker_pids(self) -> list[int]:
-        """Live worker processes (django-q2 logs each as it starts; dead ones are replaced)."""
-        alive = process_group(self.process.pid)
-        found = re.findall(r"ready for work at (\d+)", self.output())
-        return [int(pid) for pid in found if int(pid) in alive]
-
-
-@dataclass
-class Clusters:
-    """Starts qcluster subprocesses for one test, all writing mail under one var dir."""
-
-    var_dir: Path
-    base_env: dict[str, str | None]
-    started: list[Cluster] = field(default_factory=list)
-
-    def start(self, *, launcher: str | None = None, **env: str | None) -> Cluster:
-        log_path = self.var_dir.parent / f"qcluster-{len(self.started) + 1}.log"
-        command = (
-            [sys.executable, "-c", launcher, "qcluster"] if launcher else manage_command("qcluster")
-        )
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=Path(__file__).resolve().parents[2],
-                env=process_env(self.var_dir, **{**self.base_env, **env}),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-            )
-        cluster = Cluster(process, log_path)
-        self.started.append(cluster)
-        return cluster
-
-    def mails(self) -> str:
-        mail_dir = self.var_dir / "outbox-mail"
-        return "".join(p.read_text() for p in mail_dir.iterdir()) if mail_dir.exists() else ""
-
-    def notifications(self, run: Run) -> int:
-        """How many reviewer notifications (not reminders) went out about the run's gate."""
-        return self.mails().count(f"of run #{run.pk} is waiting")
+LEASE_SECONDS = 4
 
 
 @pytest.fixture
-def broker(request, monkeypatch) -> dict[str, str | None]:
-    """Point this process's django-q2 at the broker the cluster will use; return its env."""
-    if getattr(request, "param", "orm") == "orm":
-        monkeypatch.setattr(Conf, "ORM", "default")
-        assert isinstance(get_broker(), ORM)
-        return {"REDIS_URL": None}
-    connection = redis.Redis.from_url(REDIS_TEST_URL)
-    try:
-        connection.ping()
-    except redis.RedisError as exc:
-        message = f"Redis at {REDIS_TEST_URL} is not reachable: {exc}"
-        if os.environ.get("CI") or os.environ.get("REDIS_TEST_URL"):
-            pytest.fail(message)
-        pytest.skip(message)
-    connection.flushdb()
-    request.addfinalizer(connection.flushdb)
-    monkeypatch.setattr(Conf, "ORM", None)
-    monkeypatch.setattr(Conf, "REDIS", REDIS_TEST_URL)
-    assert isinstance(get_broker(), RedisBroker)
-    return {"REDIS_URL": REDIS_TEST_URL}
+def worker_settings():
+    return {"DESK_STEP_LEASE_SECONDS": str(LEASE_SECONDS), "DESK_STALL_SECONDS": "3"}
 
 
-@pytest.fixture
-def demo(transactional_db):
-    """The demo data, committed so the cluster sees it."""
-    seed_demo()
-
-
-@pytest.fixture
-def model(fake_openai: FakeOpenAIServer) -> FakeOpenAIServer:
-    fake_openai.latency = MODEL_LATENCY
-    return fake_openai
-
-
-@pytest.fixture
-def clusters(demo, broker, model, tmp_path) -> Iterator[Clusters]:
-    """Start clusters with `clusters.start(**env)`; every one is stopped (then its process
-    group killed) afterwards, and its output printed (shown when the test failed)."""
-    var_dir = tmp_path / "var"
-    var_dir.mkdir()
-    base_env = {
-        "DATABASE_URL": database_url_of_this_process(),
-        "DESK_Q_POLL": "0.1",
-        "DESK_Q_WORKERS": "2",
-        "DESK_LOG_LEVEL": "INFO",
-        "DESK_LLM_PROVIDER": "openai",
-        "OPENAI_BASE_URL": model.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "DESK_STEP_LEASE_SECONDS": str(LEASE_SECONDS),
-        **broker,
-    }
-    started = Clusters(var_dir, base_env)
-    yield started
-    for number, cluster in enumerate(started.started, 1):
-        stop_process(cluster.process, sig=signal.SIGTERM, timeout=30)
-        print(f"--- qcluster {number} output ---\n{cluster.output()}")
-    kill_tagged(var_dir)
-    connection.close()  # in case the test restarted PostgreSQL under it
-
-
-# --- stories --------------------------------------------------------------------------------
-
-
-def start(tenant_slug: str, number: int, role_slug: str = "intake-coordinator") -> Run:
-    tenant = Tenant.objects.get(slug=tenant_slug)
-    return start_run(
-        tenant=tenant,
-        role=Role.objects.get(tenant=tenant, slug=role_slug),
-        input={**INTAKE_INPUT, "subject": f"{INTAKE_INPUT['subject']} #{number}"},
-        actor=Actor.system("tests"),
-        via=Run.Via.COMMAND,
-    )
-
-
-def start_runs(harbor: int, northwind: int) -> list[Run]:
-    tenants = ["harbor-legal"] * harbor + ["northwind-accounting"] * northwind
-    return [start(slug, number) for number, slug in enumerate(tenants, 1)]
-
-
-def statuses(runs: list[Run]) -> collections.Counter:
-    return collections.Counter(
-        Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)
-    )
-
-
-def wait_until_all(
-    runs: list[Run], status: str, cluster: Cluster, *, poll: Callable = wait_for
-) -> None:
-    """Poll until every run has `status`; fails at once if one closes otherwise."""
-    failing = {Run.Status.FAILED, Run.Status.CANCELLED, Run.Status.REJECTED}
-
-    def check():
-        found = statuses(runs)
-        bad = failing & set(found)
-        if bad and status not in bad:
-            errors = list(Run.objects.filter(pk__in=[r.pk for r in runs], status__in=bad))
-            pytest.fail(f"runs closed unexpectedly: {[(r.pk, r.status, r.error) for r in errors]}")
-        return found[status] == len(runs)
-
-    try:
-        poll(
-            check,
-            what=f"all {len(runs)} runs to be {status}",
-            timeout=TIMEOUT,
-            process=cluster.process,
-        )
-    except pytest.fail.Exception as exc:
-        steps = StepRun.objects.filter(run__in=runs).order_by("run_id", "index")
-        found = [(s.run_id, s.key, s.status, s.attempts, s.lease_owner) for s in steps]
-        pytest.fail(f"{exc.msg}\nruns: {dict(statuses(runs))}\nsteps: {found}")
-
-
-def approve_all(runs: list[Run]) -> None:
-    User = get_user_model()
-    for run in runs:
-        request = ApprovalRequest.objects.get(run=run, status=ApprovalRequest.Status.PENDING)
-        reviewer = User.objects.get(username=REVIEWERS[run.tenant.slug])
-        decide(request=request, reviewer=reviewer, verdict=Decision.Verdict.APPROVE)
-
-
-def wait_until_sent(runs: list[Run], cluster: Cluster, *, poll: Callable = wait_for) -> None:
-    ids = [r.pk for r in runs]
-    poll(
-        lambda: (
-            OutboxMessage.objects.filter(run_id__in=ids, status=OutboxMessage.Status.SENT).count()
-            >= len(runs)
-        ),
-        what=f"the outbox of all {len(runs)} runs to be sent",
-        timeout=TIMEOUT,
-        process=cluster.process,
-    )
-
-
-def approve_and_wait_until_sent(runs: list[Run], cluster: Cluster) -> None:
-    wait_until_all(runs, Run.Status.WAITING_APPROVAL, cluster)
-    approve_all(runs)
-    wait_until_all(runs, Run.Status.COMPLETED, cluster)
-    wait_until_sent(runs, cluster)
-
-
-def running_steps() -> list[StepRun]:
-    return list(StepRun.objects.filter(status=StepRun.Status.RUNNING).order_by("pk"))
-
-
-def wait_until_expired(steps: list[StepRun], *, poll: Callable = wait_for) -> None:
-    """Bounded wait for the leases of `steps` to lapse."""
-    expiry = max(s.lease_expires_at for s in steps)
-    poll(
-        lambda: timezone.now() > expiry,
-        what="the broken leases to expire",
-        timeout=LEASE_SECONDS + 10,
-    )
-
-
-def assert_nothing_lost_or_doubled(runs: list[Run], clusters: Clusters) -> None:
-    """Each run parked at its gate or completed, its steps in order, each effect once."""
-    mails = clusters.mails()
-    for run in runs:
-        run.refresh_from_db()
-        steps = list(run.steps.order_by("index"))
-        states = [s.status for s in steps]
-        where = f"run {run.pk} ({run.status}, steps {states})"
-        events = list(AuditEvent.objects.filter(run_id=run.pk).values_list("action", "step_id"))
-        once = collections.Counter(events)
-        assert [e for e, n in once.items() if n > 1 and e[0] != "data.read"] == [], where
-        assert ApprovalRequest.objects.filter(run=run).count() == 1, where  # parked once
-        messages = list(OutboxMessage.objects.filter(run=run))
-        if run.status == Run.Status.COMPLETED:
-            assert set(states) == {StepRun.Status.COMPLETED}, where
-            [message] = messages
-            assert message.status == OutboxMessage.Status.SENT, where
-            assert message.attempts == 1, where
-            assert mails.count(f"X-AgentDesk-Key: {message.idempotency_key}\n") == 1, where
-            actions = [action for action, _ in events]
-            assert actions.count("outbox.sent") == 1, where
-            assert actions.count("run.completed") == 1, where
-        else:
-            assert run.status == Run.Status.WAITING_APPROVAL, where
-            gate = states.index(StepRun.Status.WAITING_APPROVAL)
-            assert states[:gate] == [StepRun.Status.COMPLETED] * gate, where
-            assert set(states[gate + 1 :]) <= {StepRun.Status.PENDING}, where
-            assert messages == [], where
-    for tenant_id in {run.tenant_id for run in runs}:
-        assert verify_chain(tenant_id=tenant_id) == []
-
-
-def reap() -> bool:
-    reap_expired_leases()
-    return True
-
-
-def single_worker_pid(cluster: Cluster) -> int:
-    [pid] = wait_for(
-        lambda: cluster.worker_pids() or None,
-        what="the cluster's worker to start",
-        timeout=TIMEOUT,
-        process=cluster.process,
-    )
-    return pid
-
-
-# --- 1. a worker killed mid-step ----------------------------------------------------------------
-
-
-def test_worker_killed_mid_step_is_reaped_and_retried(clusters, model):
-    # One worker: every lease is its own, whatever the lease says about its owner.
-    cluster = clusters.start(DESK_Q_WORKERS="1")
-    worker_pid = single_worker_pid(cluster)
-    runs = start_runs(harbor=2, northwind=1)
+def wait_for_model_calls(count: int, model, worker) -> None:
     wait_for(
-        lambda: len(running_steps()) == len(runs) and model.in_flight == len(runs),
-        what="every run's first step to be in its model call",
+        lambda: len(running_steps()) >= count and model.in_flight >= count,
+        what=f"{count} steps to be in their model calls",
         timeout=TIMEOUT,
-        process=cluster.process,
+        process=worker.process,
     )
-    leased = running_steps()
-    owners = {s.pk: s.lease_owner for s in leased}
-    assert all(re.fullmatch(r"[^:]+:\d+:[0-9a-f]{8}", owner) for owner in owners.values()), owners
 
-    os.kill(worker_pid, signal.SIGKILL)
-    wait_for(
-        lambda: worker_pid not in process_group(cluster.process.pid),
-        what=f"worker {worker_pid} to die",
-        timeout=10,
-        interval=0.05,
-    )
-    # Killed mid-step: nothing was checkpointed in between.
-    assert [(s.pk, s.attempts, s.lease_expires_at) for s in running_steps()] == [
-        (s.pk, s.attempts, s.lease_expires_at) for s in leased
-    ]
-    assert {s.attempts for s in leased} == {1}
-    # django-q2 replaces the dead worker; the steps wait for their leases to lapse.
-    wait_for(
-        lambda: [p for p in cluster.worker_pids() if p != worker_pid],
-        what="django-q2 to replace the dead worker",
+
+def wait_for_probe(worker) -> WorkerHeartbeat:
+    """Until the worker's cluster has passed a probe (it is up and delivering)."""
+    return wait_for(
+        lambda: WorkerHeartbeat.objects.filter(name=worker.name, probe_ok_at__isnull=False).first(),
+        what=f"worker {worker.name}'s cluster to pass a probe",
         timeout=TIMEOUT,
-        process=cluster.process,
+        process=worker.process,
     )
-    wait_until_expired(leased)
-    assert reap_expired_leases() >= len(leased)
-
-    wait_until_all(runs, Run.Status.WAITING_APPROVAL, cluster)
-    for step in leased:
-        step.refresh_from_db()
-        assert step.status == StepRun.Status.COMPLETED
-        assert step.attempts == 2, f"step {step.pk} ({step.key}) ran {step.attempts} times"
-        [expired] = AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired")
-        assert expired.data["attempts"] == 1
-        assert expired.data["owner"] == owners[step.pk]
-    later = StepRun.objects.filter(run__in=runs).exclude(pk__in=[s.pk for s in leased])
-    assert set(later.exclude(attempts=0).values_list("attempts", flat=True)) == {1}
-    assert_nothing_lost_or_doubled(runs, clusters)
-
-    approve_and_wait_until_sent(runs, cluster)
-    assert_nothing_lost_or_doubled(runs, clusters)
 
 
-def test_lease_owner_names_the_worker_process(clusters, model):
+def restart_events() -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action="worker.cluster_restarted").order_by("seq"))
+
+
+# --- 1. any process of a worker killed mid-load --------------------------------------------------
+
+KILLED = [
+    # (which process, the broker) — the kinds spread over both brokers to keep the suite short.
+    ("worker", "orm"),
+    ("pusher", "redis"),
+    ("monitor", "orm"),
+    ("sentinel", "redis"),  # also django-q2's scheduler
+    ("cluster", "orm"),  # the qcluster main process
+    ("sweeper", "redis"),  # the reaper and the other sweeps
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "broker"), KILLED, indirect=["broker"], ids=[k for k, _ in KILLED]
+)
+def test_any_process_killed_mid_load_loses_nothing(workers, model, kind):
     model.latency = 1.0
-    cluster = clusters.start(DESK_Q_WORKERS="1")
-    worker_pid = single_worker_pid(cluster)
+    worker = workers.start()
+    runs = start_runs(harbor=3, northwind=2)
+    wait_for_model_calls(2, model, worker)
+    [victim] = worker.tree()[kind][:1]
+
+    os.kill(victim, signal.SIGKILL)
+
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
+    assert_nothing_lost_or_doubled(runs, workers)
+    approve_and_wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+    assert max(StepRun.objects.filter(run__in=runs).values_list("attempts", flat=True)) <= 2
+    wait_for(worker.ready, what="every process to be back", timeout=TIMEOUT)
+    assert victim not in [pid for pids in worker.tree().values() for pid in pids]
+    if kind in ("sentinel", "cluster"):
+        # django-q2 cannot replace these: the supervisor replaced the whole cluster.
+        assert worker.restarts() >= 1
+        assert restart_events()[0].data["worker"] == worker.name
+
+
+# --- 2. a cluster that hangs while it looks alive ------------------------------------------------
+
+STOPPED = [
+    # Every worker stopped while idle: one of them holds the task queue's lock in get(),
+    # so even a replacement worker could never take a task (django-q2 #23).
+    ("workers", "probe"),
+    ("pusher", "probe"),
+    ("monitor", "probe"),
+    ("sentinel", "sentinel"),
+]
+
+
+@pytest.mark.parametrize(("kind", "detected_by"), STOPPED, ids=[k for k, _ in STOPPED])
+def test_a_hung_cluster_is_detected_and_replaced(workers, model, kind, detected_by):
+    model.latency = 0.2
+    worker = workers.start()
+    wait_for_probe(worker)
+    tree = worker.tree()
+    victims = tree["worker"] if kind == "workers" else tree[kind]
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: all(is_stopped(pid) for pid in victims), what="them to stop", timeout=10)
+
+    runs = start_runs(harbor=2, northwind=1)
+
+    wait_for(lambda: worker.restarts() >= 1, what="the supervisor to replace the cluster")
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
+    assert_nothing_lost_or_doubled(runs, workers)
+    assert not any(os.path.exists(f"/proc/{pid}") and is_stopped(pid) for pid in victims)
+    [event] = restart_events()[:1]
+    assert detected_by in event.reason
+    beat = wait_for(
+        lambda: WorkerHeartbeat.objects.filter(name=worker.name, cluster_restarts__gte=1).first(),
+        what="the heartbeat to record the restart",
+    )
+    assert detected_by in beat.last_restart_reason
+    approve_and_wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+
+
+def test_a_worker_stopped_mid_step_loses_its_steps_to_the_other_worker(workers, model):
+    model.latency = 1.5
+    worker = workers.start()
+    runs = start_runs(harbor=2, northwind=0)
+    wait_for_model_calls(1, model, worker)
+    step = running_steps()[0]
+    pid = int(step.lease_owner.split(":")[1])
+
+    os.kill(pid, signal.SIGSTOP)
+
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
+    step.refresh_from_db()
+    assert step.attempts == 2
+    assert AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired").exists()
+    assert worker.restarts() == 0  # the other worker kept the cluster progressing
+    os.kill(pid, signal.SIGCONT)  # its late result is discarded: the lease moved on
+    approve_and_wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+
+
+# --- 3. leases follow the worker -----------------------------------------------------------------
+
+
+def test_a_slow_model_call_keeps_its_step_until_its_worker_dies(workers, model):
+    model.latency = 3 * LEASE_SECONDS  # far longer than a lease
+    worker = workers.start(DESK_Q_WORKERS="1")
     [run] = start_runs(harbor=1, northwind=0)
-    [step] = wait_for(
-        running_steps, what="a step to be leased", timeout=TIMEOUT, process=cluster.process
-    )
-    wait_until_all([run], Run.Status.WAITING_APPROVAL, cluster)
-    assert_nothing_lost_or_doubled([run], clusters)
-    # host:pid of the worker that holds it, then a token unique to the lease.
-    assert step.lease_owner.startswith(f"{socket.gethostname()}:{worker_pid}:"), (
-        f"the lease names {step.lease_owner}; the worker is pid {worker_pid}, "
-        f"qcluster pid {cluster.process.pid}"
-    )
+    wait_for_model_calls(1, model, worker)
+    [step] = running_steps()
+    first_expiry = step.lease_expires_at
+
+    # Alive: the heartbeat renews the lease while the call goes on.
+    wait_for(lambda: timezone.now() > first_expiry + timedelta(seconds=2), what="time")
+    step.refresh_from_db()
+    assert step.status == StepRun.Status.RUNNING
+    assert step.lease_expires_at > first_expiry
+    assert step.attempts == 1
+    assert not AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired").exists()
+
+    # Dead: the lease stops moving and the step waits for it to lapse, then is taken over.
+    pid = int(step.lease_owner.split(":")[1])
+    os.kill(pid, signal.SIGKILL)
+    model.latency = 0.2
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the worker to die", timeout=10)
+    step.refresh_from_db()
+    last_lease = step.lease_expires_at
+    wait_until_all([run], Run.Status.WAITING_APPROVAL)
+
+    [expired] = AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired")
+    assert expired.created_at >= last_lease  # not before the lease lapsed
+    step.refresh_from_db()
+    assert step.status == StepRun.Status.COMPLETED
+    assert step.attempts == 2
+    assert_nothing_lost_or_doubled([run], workers)
 
 
-# --- 2. the whole cluster killed and restarted ------------------------------------------------
+# --- 4. repeated kills of any process -------------------------------------------------------------
+
+
+ANY_PROCESS = ("worker", "pusher", "monitor", "sentinel", "cluster", "sweeper")
 
 
 @pytest.mark.parametrize("broker", ["orm", "redis"], indirect=True)
-def test_cluster_killed_and_restarted_mid_load(clusters, monkeypatch):
-    # A crash loses the doorbells the cluster had taken (Redis) or locked (ORM): let the
-    # reaper re-ring runs at once instead of after STALL_SECONDS.
-    monkeypatch.setattr(desk.services, "STALL_SECONDS", 0)
-    # Capacity 2 for harbor: its other runs queue, and are admitted as runs park.
-    Tenant.objects.filter(slug="harbor-legal").update(max_concurrent_runs=2)
-    cluster = clusters.start()
+def test_repeated_kills_of_any_process_then_recovery(workers, model):
+    model.latency = 0.5
+    # Killed again and again a step may lose more attempts than a failing model would.
+    worker = workers.start(DESK_STEP_MAX_ATTEMPTS="8")
+    runs = start_runs(harbor=6, northwind=4)
+    chooser = random.Random(7)
+    kills = collections.Counter()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        tree = worker.tree()
+        kinds = [kind for kind in ANY_PROCESS if tree[kind]]
+        if kinds:
+            kind = chooser.choice(kinds)
+            os.kill(chooser.choice(tree[kind]), signal.SIGKILL)
+            kills[kind] += 1
+        time.sleep(1.5)
+    last_fault = time.monotonic()
+    print(f"kills: {dict(kills)}")
+
+    # Processing resumes within 60 s of the last fault, and nothing is lost.
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL, timeout=60)
+    print(f"all parked {time.monotonic() - last_fault:.1f} s after the last kill")
+    assert sum(kills.values()) >= 8
+    assert_nothing_lost_or_doubled(runs, workers)
+    approve_and_wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+
+
+# --- 5. two workers on one broker and database ------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_two_workers_share_the_work_and_one_dies_entirely(workers, model, tmp_path):
+    model.latency = 1.0
+    first = workers.start("first")
+    second = workers.start("second")
     runs = start_runs(harbor=4, northwind=2)
-    # Mid-load: some run past its first model call, into its second.
+    wait_for_model_calls(2, model, first)
+    tree = first.tree()
+    members = [pid for pids in tree.values() for pid in pids]
+
+    os.kill(first.process.pid, signal.SIGKILL)  # the supervisor itself, as an OOM kill would
+
+    first.process.wait(timeout=10)
     wait_for(
-        lambda: StepRun.objects.filter(key="draft", status=StepRun.Status.RUNNING).exists(),
-        what="a draft to be in its model call",
-        timeout=TIMEOUT,
-        process=cluster.process,
+        lambda: not [pid for pid in members if os.path.exists(f"/proc/{pid}")],
+        what="the dead worker's cluster and sweeper to die with it",
+        timeout=10,
     )
-    kill_group(cluster.process)
-    orphaned = running_steps()
-    assert orphaned, "the cluster died holding no lease"
-    assert statuses(runs)[Run.Status.QUEUED] > 0
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
+    approve_and_wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+    owners = set(StepRun.objects.filter(run__in=runs).values_list("lease_owner", flat=True))
+    assert owners == {""}
+    assert Sweep.objects.filter(name="reaper", claimed_by__startswith="second@").exists()
 
-    cluster = clusters.start()
-    wait_until_expired(orphaned)
-    assert reap_expired_leases() >= len(orphaned)
-
-    wait_until_all(runs, Run.Status.WAITING_APPROVAL, cluster)
-    for step in orphaned:
-        step.refresh_from_db()
-        assert step.attempts == 2, f"step {step.pk} ({step.key}) ran {step.attempts} times"
-        assert AuditEvent.objects.filter(step_id=step.pk, action="step.lease_expired").exists()
-    assert_nothing_lost_or_doubled(runs, clusters)
-
-    approve_and_wait_until_sent(runs, cluster)
-    assert_nothing_lost_or_doubled(runs, clusters)
-
-
-# --- 3. every task delivered twice ---------------------------------------------------------------
+    # The health check names the worker that stopped beating.
+    env = process_env(tmp_path / "var", **workers.base_env)
+    wait_for(
+        lambda: (timezone.now() - WorkerHeartbeat.objects.get(name="first").beat_at).seconds > 3,
+        what="the dead worker's heartbeat to age",
+    )
+    result = run_manage("desk_health", "--max-age=3", env=env)
+    assert result.returncode == 1, result.stdout
+    assert "worker first: no heartbeat" in result.stdout.splitlines()[0]
+    assert second.process.poll() is None
 
 
-def ring_twice(enqueue: Callable) -> Callable:
+# --- 6. every task delivered twice --------------------------------------------------------------
+
+
+def ring_twice(enqueue):
     def enqueue_twice(*args, **kwargs):
         enqueue(*args, **kwargs)
         return enqueue(*args, **kwargs)
@@ -488,52 +317,40 @@ def ring_twice(enqueue: Callable) -> Callable:
 
 
 @pytest.mark.parametrize("broker", ["orm", "redis"], indirect=True)
-def test_every_task_delivered_twice_changes_nothing(clusters, model, monkeypatch):
+def test_every_task_delivered_twice_changes_nothing(workers, model, monkeypatch):
     model.latency = 0.3
-    # Doorbells rung here (intake, decisions) and in the cluster all go out twice.
-    monkeypatch.setattr(desk.tasks, "async_task", ring_twice(desk.tasks.async_task))
+    # Doorbells rung here (intake, decisions) go out twice...
+    monkeypatch.setattr(desk.doorbell, "async_task", ring_twice(desk.doorbell.async_task))
     monkeypatch.setattr(django_q.tasks, "async_task", ring_twice(django_q.tasks.async_task))
+    workers.start()
     Tenant.objects.filter(slug="harbor-legal").update(max_concurrent_runs=2)
-    cluster = clusters.start(launcher=RING_TWICE_LAUNCHER)
     runs = start_runs(harbor=3, northwind=2)
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
+    wait_for(
+        lambda: [workers.notifications(run) for run in runs] == [1] * len(runs),
+        what="the reviewers to be notified of every gate",
+    )
+    approve_and_wait_until_sent(runs)
 
-    approve_and_wait_until_sent(runs, cluster)
+    # ...and every delivery and notification is asked for twice more (these results saved).
+    for _ in range(2):
+        for message in OutboxMessage.objects.filter(run__in=runs):
+            async_task("desk.tasks.deliver_outbox", message_id=message.pk)
+        for request in ApprovalRequest.objects.filter(run__in=runs):
+            async_task("approvals.tasks.notify_reviewers", request_id=request.pk)
+    repeated = ("desk.tasks.deliver_outbox", "approvals.tasks.notify_reviewers")
+    wait_for(
+        lambda: Task.objects.filter(func__in=repeated, success=True).count() == 4 * len(runs),
+        what="every repeated delivery and notification to be done",
+    )
 
-    assert_nothing_lost_or_doubled(runs, clusters)
-    steps = StepRun.objects.filter(run__in=runs)
-    assert set(steps.values_list("attempts", flat=True)) == {1}
+    assert_nothing_lost_or_doubled(runs, workers)
+    assert [workers.notifications(run) for run in runs] == [1] * len(runs)
+    assert set(StepRun.objects.filter(run__in=runs).values_list("attempts", flat=True)) == {1}
     assert not AuditEvent.objects.filter(action="step.lease_expired").exists()
-    # The fault was there: each outbox delivery reached a worker twice.
-    wait_for(
-        lambda: tasks_done("desk.tasks.deliver_outbox") == 2 * len(runs),
-        what="both deliveries of every outbox message to be done",
-        timeout=TIMEOUT,
-        process=cluster.process,
-    )
 
 
-def tasks_done(func: str) -> int:
-    return Task.objects.filter(func=func).count()
-
-
-def test_reviewer_notification_delivered_twice_is_sent_once(clusters, model, monkeypatch):
-    model.latency = 0.3
-    monkeypatch.setattr(desk.tasks, "async_task", ring_twice(desk.tasks.async_task))
-    monkeypatch.setattr(django_q.tasks, "async_task", ring_twice(django_q.tasks.async_task))
-    cluster = clusters.start(launcher=RING_TWICE_LAUNCHER)
-    [run] = start_runs(harbor=1, northwind=0)
-    wait_until_all([run], Run.Status.WAITING_APPROVAL, cluster)
-    wait_for(
-        lambda: tasks_done("approvals.tasks.notify_reviewers") == 2,
-        what="both deliveries of the reviewers' notification to be done",
-        timeout=TIMEOUT,
-        process=cluster.process,
-    )
-    assert_nothing_lost_or_doubled([run], clusters)
-    assert clusters.notifications(run) == 1
-
-
-# --- 5. the cluster as the application role ----------------------------------------------------
+# --- 7. the worker as the application role -------------------------------------------------------
 
 
 def app_role_url() -> str:
@@ -542,11 +359,11 @@ def app_role_url() -> str:
     return urlunsplit(parts._replace(netloc=f"agentdesk_app@{host}"))
 
 
-def test_cluster_as_application_role_sets_tenant_context(clusters):
-    cluster = clusters.start(DATABASE_URL=app_role_url())
+def test_worker_as_application_role_sets_tenant_context(workers, model):
+    worker = workers.start(DATABASE_URL=app_role_url())
     runs = start_runs(harbor=1, northwind=1)
 
-    wait_until_all(runs, Run.Status.WAITING_APPROVAL, cluster)
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database()"
@@ -556,30 +373,22 @@ def test_cluster_as_application_role_sets_tenant_context(clusters):
     # Under row-level security a query outside the tenant's context finds nothing and
     # sends nothing, silently: the reviewers' notifications prove their queries saw rows.
     wait_for(
-        lambda: all(clusters.notifications(run) == 1 for run in runs),
+        lambda: all(workers.notifications(run) == 1 for run in runs),
         what="the reviewers to be notified",
-        timeout=TIMEOUT,
-        process=cluster.process,
     )
-    approve_and_wait_until_sent(runs, cluster)
-    # The scheduled jobs, as the same role.
-    scheduled = ["desk.tasks.reap_expired_leases", "approvals.tasks.process_overdue_requests"]
-    for func in scheduled:
-        async_task(func)
+    approve_and_wait_until_sent(runs)
+    # Every sweep ran, as the same role, and succeeded.
     wait_for(
-        lambda: Task.objects.filter(func__in=scheduled, success=True).count() == len(scheduled),
-        what="the reaper and the overdue-approvals job to succeed",
-        timeout=TIMEOUT,
-        process=cluster.process,
+        lambda: Sweep.objects.filter(succeeded_at__isnull=False).count() == 3,
+        what="every sweep to succeed",
     )
-
-    assert_nothing_lost_or_doubled(runs, clusters)
+    assert not Sweep.objects.exclude(last_error="").exists()
+    assert_nothing_lost_or_doubled(runs, workers)
     assert set(StepRun.objects.filter(run__in=runs).values_list("attempts", flat=True)) == {1}
-    assert not Task.objects.filter(success=False).exists()
-    assert "Traceback" not in cluster.output()
+    assert "Traceback" not in worker.output()
 
 
-# --- 4. PostgreSQL restarted mid-run (last: it cuts every session on the server) -----------------
+# --- 8. PostgreSQL restarted mid-run (last: it cuts every session on the server) -----------------
 
 
 def restart_unavailable() -> str:
@@ -594,37 +403,46 @@ def restart_unavailable() -> str:
     return ""
 
 
-def test_postgresql_restarted_mid_run(clusters, monkeypatch):
+def test_postgresql_restarted_mid_run(workers, model):
     if reason := restart_unavailable():
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    monkeypatch.setattr(desk.services, "STALL_SECONDS", 0)
-    cluster = clusters.start()
+    model.latency = 1.0
+    worker = workers.start()
     runs = start_runs(harbor=3, northwind=2)
-    wait_for(
-        lambda: len(running_steps()) >= 2,
-        what="steps to be in their model calls",
-        timeout=TIMEOUT,
-        process=cluster.process,
-    )
+    wait_for_model_calls(2, model, worker)
     in_flight = running_steps()
 
     restart_postgresql(timeout=TIMEOUT)
     connection.close()  # this process's connection was cut too
 
-    # The cluster reconnects by itself; the steps whose checkpoint failed wait for the reaper.
-    wait_until_expired(in_flight, poll=wait_for_database)
-    wait_for_database(reap, what="the reaper to run", timeout=TIMEOUT, process=cluster.process)
-    wait_until_all(runs, Run.Status.WAITING_APPROVAL, cluster, poll=wait_for_database)
-    assert_nothing_lost_or_doubled(runs, clusters)
+    # The worker reconnects by itself; steps whose checkpoint failed wait for the reaper.
+    wait_until_all(runs, Run.Status.WAITING_APPROVAL, poll=wait_for_database)
+    assert_nothing_lost_or_doubled(runs, workers)
     reaped = AuditEvent.objects.filter(action="step.lease_expired").count()
     attempts = collections.Counter(
         StepRun.objects.filter(run__in=runs).values_list("attempts", flat=True)
     )
     print(f"restart: {len(in_flight)} steps in flight, {reaped} reaped, attempts {attempts}")
+    assert worker.process.poll() is None
 
     approve_all(runs)
-    wait_until_all(runs, Run.Status.COMPLETED, cluster)
-    wait_until_sent(runs, cluster)
-    assert_nothing_lost_or_doubled(runs, clusters)
+    wait_until_all(runs, Run.Status.COMPLETED)
+    wait_until_sent(runs)
+    assert_nothing_lost_or_doubled(runs, workers)
+
+
+def test_the_lease_owner_names_the_worker_process(workers, model):
+    model.latency = 1.0
+    worker = workers.start(DESK_Q_WORKERS="1")
+    [run] = start_runs(harbor=1, northwind=0)
+    wait_for_model_calls(1, model, worker)
+    [step] = running_steps()
+    [worker_pid] = worker.tree()["worker"]
+
+    # host:pid of the worker that holds it, then a token unique to the lease.
+    owner = rf"{re.escape(socket.gethostname())}:{worker_pid}:[0-9a-f]{{8}}"
+    assert re.fullmatch(owner, step.lease_owner)
+    wait_until_all([run], Run.Status.WAITING_APPROVAL)
+    assert statuses([run]) == {Run.Status.WAITING_APPROVAL: 1}

@@ -57,10 +57,10 @@ class ServeAll:
 
     def child_pids(self) -> dict[str, int]:
         """The pids the banner names, once it is printed."""
-        found = re.search(r"web server pid (\d+), task cluster pid (\d+)", self.stdout)
+        found = re.search(r"web server pid (\d+), worker pid (\d+)", self.stdout)
         if not found:
             return {}
-        return {"web server": int(found[1]), "task cluster": int(found[2])}
+        return {"web server": int(found[1]), "worker": int(found[2])}
 
     def login_page_status(self) -> int | None:
         url = f"http://127.0.0.1:{self.port}/admin/login/"
@@ -118,7 +118,7 @@ def test_serves_the_admin_and_stops_both_children_cleanly(start_serve_all, tmp_p
 
     assert exit_code == 0, server.report()
     assert processes_tagged(tmp_path) == [], server.report()
-    assert set(pids) == {"web server", "task cluster"}
+    assert set(pids) == {"web server", "worker"}
     out = server.stdout
     assert f"http://127.0.0.1:{server.port}/admin/" in out
     assert "ops, reviewer.harbor, reviewer.northwind, auditor" in out
@@ -130,20 +130,20 @@ def test_serves_the_admin_and_stops_both_children_cleanly(start_serve_all, tmp_p
     assert out.rstrip().endswith("AgentDesk stopped.")
 
 
-def test_a_dead_cluster_stops_the_web_server_and_fails(start_serve_all, tmp_path):
+def test_a_dead_worker_stops_the_web_server_and_fails(start_serve_all, tmp_path):
     server = start_serve_all()
     pids = server.wait_until_serving()
 
-    os.killpg(pids["task cluster"], signal.SIGKILL)  # the cluster and its workers die
+    os.killpg(pids["worker"], signal.SIGKILL)  # the worker dies; its cluster dies with it
     exit_code = server.wait_for_exit()
 
     assert exit_code == 1, server.report()
-    assert "The task cluster exited unexpectedly" in server.stderr
+    assert "The worker exited unexpectedly" in server.stderr
     assert "stopped the web server" in server.stderr
     assert processes_tagged(tmp_path) == [], server.report()
 
 
-def test_a_web_server_that_cannot_start_stops_the_cluster_and_fails(start_serve_all, tmp_path):
+def test_a_web_server_that_cannot_start_stops_the_worker_and_fails(start_serve_all, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -154,5 +154,5 @@ def test_a_web_server_that_cannot_start_stops_the_cluster_and_fails(start_serve_
     assert exit_code == 1, server.report()
     assert "That port is already in use" in server.stderr
     assert "The web server exited unexpectedly" in server.stderr
-    assert "stopped the task cluster" in server.stderr
+    assert "stopped the worker" in server.stderr
     assert processes_tagged(tmp_path) == [], server.report()

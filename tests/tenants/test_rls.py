@@ -5,10 +5,10 @@ from django.apps import apps
 from django.db import connection
 
 from audit.services import Actor
-from desk import engine
 from desk.services import start_run
 from tenants import rls
 from tests.conftest import INTAKE_INPUT
+from tests.runtime import advance
 
 pytestmark = pytest.mark.postgres
 
@@ -34,7 +34,7 @@ def harbor_run(harbor, intake_role):
     run = start_run(
         tenant=harbor, role=intake_role, input=INTAKE_INPUT, actor=Actor.system("t"), via="api"
     )
-    engine.advance_run(run_id=run.pk)
+    advance(run.pk)
     return run
 
 

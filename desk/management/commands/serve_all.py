@@ -1,10 +1,11 @@
-"""`manage.py serve_all`: the web server and a django-q2 cluster side by side (`make run`).
+"""`manage.py serve_all`: the web server and a worker side by side (`make run`).
 
-Both run as child processes (`manage.py runserver --noreload` and `manage.py qcluster`), each
-in its own process group, so a Ctrl-C at the terminal reaches only this command, which then
-stops them in order: a polite signal, a bounded wait, then SIGKILL to the whole group (the
-cluster's worker processes included). If either child dies, the other is stopped and the
-command exits non-zero.
+Both run as child processes (`manage.py runserver --noreload` and `manage.py desk_worker`,
+which supervises a django-q2 cluster and the sweeper and replaces a cluster that stops
+making progress), each in its own process group, so a Ctrl-C at the terminal reaches only
+this command, which then stops them in order: a polite signal, a bounded wait, then SIGKILL
+to the whole group (the worker's own children die with it). If either child dies, the other
+is stopped and the command exits non-zero.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def describe_provider() -> str:
 
 
 class Command(BaseCommand):
-    help = "Run the web server and a django-q2 cluster together; Ctrl-C stops both."
+    help = "Run the web server and a supervised worker together; Ctrl-C stops both."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="Default: 127.0.0.1.")
@@ -105,7 +106,7 @@ class Command(BaseCommand):
                     stop_signal=signal.SIGINT,
                 )
             )
-            children.append(self._spawn("task cluster", ["qcluster"], stop_signal=signal.SIGTERM))
+            children.append(self._spawn("worker", ["desk_worker"], stop_signal=signal.SIGTERM))
             self._wait_until_listening(host, port, children)
             if not self.signals and all(c.process.poll() is None for c in children):
                 self._banner(host, port, children)
@@ -164,7 +165,7 @@ class Command(BaseCommand):
                     return child
             time.sleep(WATCH_INTERVAL_SECONDS)
         name = signal.Signals(self.signals[0]).name
-        self.stdout.write(f"Got {name}; stopping the web server and the task cluster...")
+        self.stdout.write(f"Got {name}; stopping the web server and the worker...")
         self.stdout.flush()
         return None
 
