@@ -96,7 +96,8 @@ def record(
 ) -> AuditEvent:
     """Append one event to the tenant's hash chain (inside the caller's transaction)."""
     tenant_id = getattr(tenant, "pk", tenant)
-    with transaction.atomic():
+    # No savepoint of its own: the event stands or falls with the caller's work.
+    with transaction.atomic(savepoint=False):
         chain = _locked_chain(tenant_id)
         # Round-trip through JSON so the stored value hashes exactly as it will be read back.
         clean_data = json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: a scratch PostgreSQL database per script, a Redis db
-number per script, `manage.py qcluster` subprocesses (always stopped), Django set up in the
+number per script, `manage.py desk_worker` subprocesses (a supervised django-q2 cluster and
+the sweeper, as production runs them; always stopped), Django set up in the
 bench process on the same database, the workload roles, and how figures are printed.
 
 Figures are printed as `label: value unit (aim ...) met|not met` and, with `--json PATH`,
@@ -429,8 +430,10 @@ def use_broker(kind: str, redis_db: int) -> None:
 
     if kind == "orm":
         Conf.ORM, Conf.REDIS = "default", None
+        Conf.BROKER_CLASS = "desk.cluster.SupervisedORM"
     elif kind == "redis":
         Conf.ORM, Conf.REDIS = None, redis_url(redis_db)
+        Conf.BROKER_CLASS = "desk.cluster.SupervisedRedis"
     else:
         raise ValueError(kind)
 
@@ -522,7 +525,8 @@ def cpu_ticks(pid: int) -> int:
 
 
 class Cluster:
-    """A `manage.py qcluster` subprocess in its own process group, logging to a file."""
+    """A `manage.py desk_worker` subprocess (supervisor, django-q2 cluster, sweeper) in its
+    own process group, logging to a file."""
 
     def __init__(self, db: BenchDB, *, broker: str, redis_db: int, name: str = "cluster", **env):
         self.db = db
@@ -550,7 +554,7 @@ class Cluster:
         log.write(f"\n===== start {self.starts} at {time.time():.3f}\n")
         log.flush()
         self.process = subprocess.Popen(
-            [PYTHON, MANAGE_PY, "qcluster"],
+            [PYTHON, MANAGE_PY, "desk_worker", f"--name=bench-{self.name}"],
             cwd=REPO,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -607,6 +611,39 @@ class Cluster:
     def pids(self) -> list[int]:
         return descendants(self.pid) if self.pid else []
 
+    def roles(self) -> dict[str, list[int]]:
+        """Live pids by role: the cluster's main process, its sentinel, workers, pusher and
+        monitor (from /proc and the log), and the sweeper."""
+        roles: dict[str, list[int]] = {
+            r: [] for r in ("cluster", "sentinel", "worker", "pusher", "monitor", "sweeper")
+        }
+        if not self.pid:
+            return roles
+        tree = _children()
+        text = self.log_text()
+        kinds = {}
+        for kind, pattern in (
+            ("worker", r"ready for work at (\d+)"),
+            ("monitor", r"monitoring at (\d+)"),
+            ("pusher", r"pushing tasks at (\d+)"),
+        ):
+            kinds.update({int(pid): kind for pid in re.findall(pattern, text)})
+        for child in tree.get(self.pid, []):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"desk_sweeper" in command:
+                roles["sweeper"].append(child)
+            elif b"qcluster" in command:
+                roles["cluster"].append(child)
+                for sentinel in tree.get(child, []):
+                    roles["sentinel"].append(sentinel)
+                    for member in tree.get(sentinel, []):
+                        if member in kinds:
+                            roles[kinds[member]].append(member)
+        return roles
+
     def worker_pids(self) -> list[int]:
         """Live worker processes (their pids are in the log: 'ready for work at PID')."""
         alive = set(self.pids())
@@ -658,11 +695,15 @@ class Cluster:
         }
 
     def kill(self) -> None:
-        """SIGKILL the whole cluster (its process group), at once."""
+        """SIGKILL the worker and every process it started, at once (a machine lost)."""
         if self.process is None:
             return
+        members = self.pids()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         self._forget()
@@ -672,6 +713,7 @@ class Cluster:
         process = self.process
         if process is None:
             return
+        members = self.pids()
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -679,6 +721,9 @@ class Cluster:
                 process.wait(timeout=timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        for pid in members:  # whatever did not stop with it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
         self._forget()
@@ -811,13 +856,16 @@ def start_runs(tenant, role, count: int, *, input_: dict | None = None) -> list[
     return ids
 
 
-def admit(tenant) -> list[int]:
-    """Admit the tenant's queued runs (their doorbells ring as this commits)."""
+def open_capacity(tenant, capacity: int) -> list[int]:
+    """Raise the tenant's capacity and admit its queued runs in one transaction (the
+    worker's reaper would otherwise admit them on its own, at its next round); their
+    doorbells ring as this commits. Returns the ids admitted."""
     from django.db import transaction
 
     from desk.services import admit_runs
 
     with transaction.atomic():
+        set_capacity(tenant, capacity)
         return admit_runs(tenant_id=tenant.pk)
 
 

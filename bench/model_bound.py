@@ -35,16 +35,15 @@ def measure(db, fake, broker: str, count: int, report: common.Report, tenants: i
         role = common.make_role(tenant, "llm2", steps, model="gpt-bench")
         share = count // tenants + (1 if i < count % tenants else 0)
         common.start_runs(tenant, role, share)
-        common.set_capacity(tenant, share)
-        made.append(tenant)
-    ids = [t.pk for t in made]
+        made.append((tenant, share))
+    ids = [t.pk for t, _ in made]
     env = {"DESK_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake.base_url}
     with common.Cluster(db, broker=broker, redis_db=REDIS_DB, name=f"{broker}-model", **env) as c:
         fake.reset()
         requests_before = fake.request_count
         started = time.time()
-        for tenant in made:
-            common.admit(tenant)
+        for tenant, share in made:
+            common.open_capacity(tenant, share)
         closed = (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.WAITING_APPROVAL)
 
         def settled() -> int:

@@ -64,8 +64,7 @@ def flood_phase(db, report, broker, tenant_a, tenant_b, role_b, *, label, capaci
     with common.Cluster(db, broker=broker, redis_db=REDIS_DB, name=label) as cluster:
         # Only now (the cluster is up): a busy cluster would not run the readiness probe.
         flood_started = time.time()
-        common.set_capacity(tenant_a, capacity)
-        common.admit(tenant_a)
+        common.open_capacity(tenant_a, capacity)
         turnarounds, still_open = submit_b(db, tenant_b, role_b, cluster)
         a_open = common.count_runs(db, tenant_a.pk, (Run.Status.QUEUED, Run.Status.RUNNING))
         a_steps, a_seconds = common.finished_window(db, [tenant_a.pk], flood_started)

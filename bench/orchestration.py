@@ -130,13 +130,12 @@ def runs(db, broker, client, tenant, role, count: int) -> dict:
     queued = common.count_runs(db, tenant.pk, (Run.Status.QUEUED,))
     if queued != count:
         raise common.BenchError(f"expected {count} queued runs, found {queued}")
-    common.set_capacity(tenant, count)
     with common.Cluster(db, broker=broker, redis_db=REDIS_DB, name=f"{broker}-runs") as cluster:
         time.sleep(SETTLE_SECONDS)
         before = common.quiet_stats(db)
         polls = db.polls
         started = time.time()
-        admitted = common.admit(tenant)
+        admitted = common.open_capacity(tenant, count)
         if len(admitted) != count:
             raise common.BenchError(f"admitted {len(admitted)} of {count} runs")
         closed = (Run.Status.COMPLETED, Run.Status.FAILED, Run.Status.WAITING_APPROVAL)

@@ -43,8 +43,7 @@ def body(args, report: common.Report) -> None:
         make = common.noop_tool_step if args.kind == "tool" else common.llm_step
         role = common.make_role(tenant, "p5", [make(f"s{i}") for i in range(5)])
         common.start_runs(tenant, role, args.runs)
-        common.set_capacity(tenant, args.runs)
-        common.admit(tenant)
+        common.open_capacity(tenant, args.runs)
         client.flushdb()  # the doorbells: this process does the work instead
 
         statements: Counter[str] = Counter()

@@ -326,6 +326,7 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "last_error",
         "created_at",
         "sending_at",
+        "sending_by",
         "sent_at",
     )
     readonly_fields = fields

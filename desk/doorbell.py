@@ -10,13 +10,28 @@ and saving it would cost the broker's result table a commit per task.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from django.conf import settings
 from django.db import transaction
 from django_q.tasks import async_task
 
+logger = logging.getLogger(__name__)
+
 RUNS_GROUP = {"group": "runs", "save": False}
+
+
+def any_waiting() -> bool:
+    """Whether tasks wait on the broker already: then a worker will come anyway, and a
+    re-ring of work whose doorbell might be lost would only add to the queue."""
+    from django_q.brokers import get_broker
+
+    try:
+        return get_broker().queue_size() > 0
+    except Exception:  # the broker is down: ring anyway (robust); the health check says why
+        logger.warning("could not read the broker's queue size", exc_info=True)
+        return False
 
 
 def _ring_now(run_id: int | None, tenant_id: int | None) -> None:
@@ -44,13 +59,14 @@ def ring_work_now() -> None:
     _ring_now(None, None)
 
 
+OUTBOX_GROUP = {"group": "outbox", "save": False}
+
+
 def ring_outbox(message_id: int) -> None:
     """Deliver an outbox message once the current transaction commits."""
     transaction.on_commit(
         lambda: async_task(
-            "desk.tasks.deliver_outbox",
-            message_id=message_id,
-            q_options={"group": "outbox", "save": False},
+            "desk.tasks.deliver_outbox", message_id=message_id, q_options=OUTBOX_GROUP
         ),
         robust=True,
     )

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.services import Actor, record
-from desk import doorbell, services
+from desk import services
 from desk.gates import GateRule, get_gate
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ModelRequest
@@ -77,11 +77,13 @@ class Lease:
 
 @dataclass
 class Progress:
-    """What a transaction of the engine left to do: the step to execute outside it (if any)
-    and how many steps it settled."""
+    """What a transaction of the engine left to do: the step to execute outside it (if any),
+    how many steps it settled, and the outbox messages it wrote (the worker delivers them
+    once the transaction has committed; the reaper, if the worker dies first)."""
 
     lease: Lease | None = None
     settled: int = 0
+    outbox: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +137,11 @@ def max_attempts(step_def: dict[str, Any]) -> int:
     return int(step_def.get("max_attempts", settings.DESK_STEP_MAX_ATTEMPTS))
 
 
+def erred_attempts(step: StepRun) -> int:
+    """Attempts that ended in an error (not those whose worker vanished)."""
+    return step.attempts - step.lost_leases
+
+
 def model_request(lease: Lease) -> ModelRequest:
     model = lease.definition.get("model", {})
     return ModelRequest(
@@ -164,13 +171,13 @@ def advance(*, run_id: int, tenant_id: int, owner: str) -> Progress:
 
     A run locked by another worker, not admitted, parked or over is left alone.
     """
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         runs = Run.objects.filter(pk=run_id).select_related("tenant", "role", "role_version")
         run = lock(runs, Level.RUN, skip_locked=True, of=("self",)).first()
         if run is None or run.status != Run.Status.RUNNING:
             return Progress()
         steps = list(lock(run.steps.order_by("index"), Level.STEP))
-        return _go_on(run, steps, owner=owner, settled=0)
+        return _go_on(run, steps, owner=owner, progress=Progress())
 
 
 def checkpoint(lease: Lease, outcome: Outcome, *, go_on: bool = True) -> Progress:
@@ -179,7 +186,7 @@ def checkpoint(lease: Lease, outcome: Outcome, *, go_on: bool = True) -> Progres
 
     A result whose lease was lost (expired and taken over) is discarded.
     """
-    with locking.atomic(), rls.tenant_context(lease.run.tenant_id):
+    with locking.tracked(), rls.tenant_context(lease.run.tenant_id):
         run, steps = services.lock_run(lease.run.pk, related=True)
         step = next((s for s in steps if s.pk == lease.step.pk), None)
         if (
@@ -190,10 +197,11 @@ def checkpoint(lease: Lease, outcome: Outcome, *, go_on: bool = True) -> Progres
         ):
             logger.warning("step %s: lease lost before checkpoint; result discarded", lease.step.pk)
             return Progress()
-        may_go_on = _settle(run, steps, step, lease, outcome)
+        progress = Progress(settled=1)
+        may_go_on = _settle(run, steps, step, lease, outcome, progress)
         if not (may_go_on and go_on):
-            return Progress(settled=1)
-        return _go_on(run, steps, owner=lease.owner, settled=1)
+            return progress
+        return _go_on(run, steps, owner=lease.owner, progress=progress)
 
 
 def renew_leases(*, leases: list[Lease]) -> int:
@@ -210,25 +218,26 @@ def renew_leases(*, leases: list[Lease]) -> int:
 # --- inside the transaction (run and steps locked) ------------------------------------------
 
 
-def _go_on(run: Run, steps: list[StepRun], *, owner: str, settled: int) -> Progress:
+def _go_on(run: Run, steps: list[StepRun], *, owner: str, progress: Progress) -> Progress:
     for _ in range(MAX_STEPS_PER_TRANSACTION):
         step = next((s for s in steps if s.status != StepRun.Status.COMPLETED), None)
         if step is None:
             services.finish_run(run, "complete", action="run.completed")
-            return Progress(settled=settled)
+            return progress
         if step.status != StepRun.Status.READY:
-            return Progress(settled=settled)  # parked, leased elsewhere, failed or cancelled
+            return progress  # parked, leased elsewhere, failed or cancelled
         lease = _lease(run, steps, step, owner)
         if lease is None:
-            return Progress(settled=settled)
+            return progress
         if not lease.inline:
-            return Progress(lease=lease, settled=settled)
+            progress.lease = lease
+            return progress
         # A quick database tool runs right here: lease, effect and checkpoint commit
         # together, and a crash rolls all of them back.
-        settled += 1
-        if not _settle(run, steps, step, lease, execute_tool(lease)):
-            return Progress(settled=settled)
-    return Progress(settled=settled)
+        progress.settled += 1
+        if not _settle(run, steps, step, lease, execute_tool(lease), progress):
+            return progress
+    return progress
 
 
 def _gate_rule(run: Run, steps: list[StepRun], step: StepRun, step_def) -> GateRule | None:
@@ -278,7 +287,11 @@ def _lease(run: Run, steps: list[StepRun], step: StepRun, owner: str) -> Lease |
     """Lease a ready step, or settle why it cannot run now (gate, budget, failure)."""
     definition = run.role_version.definition
     step_def = step_definition(run, step)
-    if step.attempts >= max_attempts(step_def):
+    if step.lost_leases >= settings.DESK_STEP_MAX_LOST_LEASES:
+        error = f"its worker vanished {step.lost_leases} times (does the step kill it?)"
+        services.fail_step(run, step, error=error, actor=Actor.system("engine"))
+        return None
+    if erred_attempts(step) >= max_attempts(step_def):
         error = step.error or f"gave up after {step.attempts} attempts"
         services.fail_step(run, step, error=error, actor=Actor.system("engine"))
         return None
@@ -425,7 +438,9 @@ def _write_outbox(run: Run, step: StepRun, ctx: ToolContext, actor: Actor) -> li
     return ids
 
 
-def _settle(run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome: Outcome) -> bool:
+def _settle(
+    run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome: Outcome, progress
+) -> bool:
     """Write a leased step's outcome. True when the run may go on now (its next step, or
     this one again, is ready)."""
     actor = ai_actor(run)
@@ -462,7 +477,7 @@ def _settle(run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome
                 **outcome.extra,
             },
         )
-        if outcome.refused or step.attempts >= max_attempts(lease.step_def):
+        if outcome.refused or erred_attempts(step) >= max_attempts(lease.step_def):
             step.save(update_fields=STEP_STATE_FIELDS)
             services.fail_step(run, step, error=outcome.error, actor=actor)
             return False
@@ -492,7 +507,8 @@ def _settle(run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome
     step.move("complete")
     step.finished_at = timezone.now()
     step.save(update_fields=STEP_STATE_FIELDS)
-    outbox_ids = _write_outbox(run, step, outcome.tool_ctx, actor) if outcome.tool_ctx else []
+    if outcome.tool_ctx:
+        progress.outbox += _write_outbox(run, step, outcome.tool_ctx, actor)
     record(
         tenant=run.tenant_id,
         actor=actor,
@@ -509,6 +525,4 @@ def _settle(run: Run, steps: list[StepRun], step: StepRun, lease: Lease, outcome
             "tokens": outcome.prompt_tokens + outcome.completion_tokens,
         },
     )
-    for message_id in outbox_ids:
-        doorbell.ring_outbox(message_id)
     return services.ready_next_step(run, steps, step) is not None

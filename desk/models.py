@@ -155,6 +155,9 @@ class StepRun(HasTransitions, models.Model):
     category = models.CharField(max_length=40)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    lost_leases = models.PositiveIntegerField(
+        default=0, help_text="Attempts whose worker vanished (the reaper handed the step on)."
+    )
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     rendered = models.JSONField(
@@ -224,6 +227,9 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sending_at = models.DateTimeField(null=True, blank=True)
+    sending_by = models.CharField(
+        max_length=100, blank=True, help_text="host:pid of the process handing it over."
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import (
@@ -23,11 +23,17 @@ from django.db.models.functions import Cast, Coalesce
 
 from audit.models import AuditEvent
 from desk.models import Run, StepRun, TenantUsage
-from desk.services import SLA_AT_RISK_SHARE, month_start
 from tenants.models import Tenant
 from tenants.scoping import scope_to_tenant
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
+# A run is at risk once it has used this share of its role's target turnaround.
+SLA_AT_RISK_SHARE = 0.8
+
+
+def month_start(now) -> date:
+    """The first day of `now`'s calendar month (usage and budgets count per month)."""
+    return now.date().replace(day=1)
 
 
 def run_steps(run: Run) -> QuerySet[StepRun]:

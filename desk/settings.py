@@ -136,8 +136,11 @@ OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 # How long a worker owns a step without renewing its lease (its heartbeat renews it every
 # quarter of this while the step executes); after that the reaper hands the step on.
 DESK_STEP_LEASE_SECONDS = int(os.environ.get("DESK_STEP_LEASE_SECONDS", "20"))
-# Attempts of one step (crashes and model failures both count) before it fails.
+# Attempts of one step that ended in an error (a failed model call, a crash) before it fails.
 DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
+# Times a step may lose its worker (killed, stopped: the lease lapsed) before it fails into
+# an escalation: a step that keeps killing its worker must not be retried forever.
+DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
 
@@ -191,7 +194,7 @@ DESK_MODEL_CONCURRENCY = int(os.environ.get("DESK_MODEL_CONCURRENCY", "128"))
 DESK_TENANT_MODEL_CONCURRENCY = int(os.environ.get("DESK_TENANT_MODEL_CONCURRENCY", "32"))
 # A worker task stops taking new runs after this long and hands on to a successor (it must
 # end within DESK_TASK_TIMEOUT; shorter tasks let the supervisor's probe through sooner).
-DESK_WORKER_TASK_SECONDS = int(os.environ.get("DESK_WORKER_TASK_SECONDS", "30"))
+DESK_WORKER_TASK_SECONDS = int(os.environ.get("DESK_WORKER_TASK_SECONDS", "10"))
 
 # A ready step nobody took for this long has lost its doorbell: the reaper rings again.
 DESK_STALL_SECONDS = int(os.environ.get("DESK_STALL_SECONDS", "15"))

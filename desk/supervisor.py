@@ -57,8 +57,11 @@ class Timing:
     tick: float = 0.5  # how often it looks
     probe_every: float = 5.0  # a new probe this long after the last one came back
     probe_timeout: float = 15.0  # a probe may take this long while no worker is busy
-    busy_grace: float = 15.0  # a worker counts as busy this long after its last beat
-    sentinel_grace: float = 10.0  # the sentinel may go this long without a beat
+    # A worker counts as busy this long after its last beat: longer than a quick task
+    # (a mail hand-over) may take without beating.
+    busy_grace: float = 30.0
+    # The sentinel may go this long without a beat (its loop also runs django-q2's scheduler).
+    sentinel_grace: float = 30.0
     startup_grace: float = 30.0  # a new cluster's first probe and beat may take this long
     sweeper_grace: float = 120.0  # the sweeper may go this long without a beat
     heartbeat_every: float = 5.0  # how often the heartbeat row is written

@@ -25,7 +25,7 @@ from django.db import close_old_connections, connection
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 
-from desk import cluster, doorbell, engine
+from desk import cluster, doorbell, engine, services
 from desk.models import Run, StepRun
 from desk.providers import ProviderError, get_provider
 from tenants import rls
@@ -135,6 +135,7 @@ class Task:
         # task then rings for a successor if work is left.
         self.deadline = time.monotonic() + settings.DESK_WORKER_TASK_SECONDS
         self.owner = engine.new_lease_owner()
+        self.deliveries: set[asyncio.Task] = set()
 
     def out_of_time(self) -> bool:
         return time.monotonic() > self.deadline
@@ -142,7 +143,7 @@ class Task:
     async def advance(self, run_id: int, tenant_id: int) -> int:
         """Execute one run's steps until it parks, ends or fails; return steps settled."""
         progress = await db(engine.advance)(run_id=run_id, tenant_id=tenant_id, owner=self.owner)
-        settled = progress.settled
+        settled = self.took(progress)
         while progress.lease is not None:
             lease = progress.lease
             self.leases.add(lease)
@@ -151,15 +152,30 @@ class Task:
             finally:
                 self.leases.discard(lease)
             progress = await db(engine.checkpoint)(lease, outcome, go_on=not self.out_of_time())
-            settled += progress.settled
+            settled += self.took(progress)
         return settled
+
+    def took(self, progress: engine.Progress) -> int:
+        """Deliver what a committed transaction put in the outbox, beside the runs' work."""
+        for message_id in progress.outbox:
+            delivery = asyncio.create_task(self.deliver(message_id))
+            self.deliveries.add(delivery)
+            delivery.add_done_callback(self.deliveries.discard)
+        return progress.settled
+
+    async def deliver(self, message_id: int) -> None:
+        try:
+            await db(services.deliver_outbox_message)(message_id=message_id)
+        except Exception:  # left pending: the reaper has it delivered
+            logger.exception("outbox message %s: delivery failed", message_id)
 
     async def heartbeat(self) -> None:
         """Renew this task's leases while it runs, and tell the supervisor it is alive."""
         interval = max(0.5, settings.DESK_STEP_LEASE_SECONDS / 4)
         while True:
             try:
-                await db(engine.renew_leases)(leases=list(self.leases))
+                if self.leases:
+                    await db(engine.renew_leases)(leases=list(self.leases))
             except Exception:  # the database is away: leases lapse, and the beat stops
                 logger.exception("could not renew %d leases", len(self.leases))
             else:
@@ -188,6 +204,7 @@ async def _work(seed: list[tuple[int, int]], batch: int, only) -> dict[str, int]
                 if run_id in active.values() or run_id in idle:
                     continue
                 active[asyncio.create_task(task.advance(run_id, tenant_id))] = run_id
+                await asyncio.sleep(0)  # its database work goes first, then the next fetch
             if not active:
                 break
             done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +219,8 @@ async def _work(seed: list[tuple[int, int]], batch: int, only) -> dict[str, int]
                 settled += steps
                 if not steps:
                     idle.add(run_id)
+        if task.deliveries:
+            await asyncio.gather(*task.deliveries)
     finally:
         heartbeat.cancel()
         provider = get_provider()

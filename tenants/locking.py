@@ -10,8 +10,9 @@ allowed (a row locked twice, the steps of a run already locked), and so are SKIP
 and NOWAIT locks, which never wait (they count as held from then on).
 
 The order is tracked per service: every function that takes locks opens its transaction
-with `atomic()`, which starts tracking when nothing is tracked yet; a service called inside
-another continues its caller's order.
+with `atomic()` (or `tracked()` around a row-level-security context, which is a
+transaction already), which starts tracking when nothing is tracked yet; a service called
+inside another continues its caller's order.
 """
 
 from __future__ import annotations
@@ -41,17 +42,23 @@ _TRACKER = "_agentdesk_locks_held"
 
 
 @contextmanager
-def atomic() -> Iterator[None]:
-    """`transaction.atomic()` whose row locks are checked against the lock order."""
+def tracked() -> Iterator[None]:
+    """Check the row locks taken inside against the lock order (opens no transaction)."""
     opened = getattr(connection, _TRACKER, None) is None
     if opened:
         setattr(connection, _TRACKER, set())
     try:
-        with transaction.atomic():
-            yield
+        yield
     finally:
         if opened:
             setattr(connection, _TRACKER, None)
+
+
+@contextmanager
+def atomic() -> Iterator[None]:
+    """`transaction.atomic()` whose row locks are checked against the lock order."""
+    with tracked(), transaction.atomic():
+        yield
 
 
 def note(level: Level) -> None:

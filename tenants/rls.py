@@ -65,12 +65,21 @@ def _ids_text(tenant_ids: Iterable[int]) -> str:
     return ",".join(str(int(i)) for i in sorted(set(tenant_ids)))
 
 
+# The context this connection's current transaction runs in, as set by _role_context.
+_APPLIED = "_agentdesk_rls_applied"
+
+
 @contextmanager
 def _role_context(role: str, settings: dict[str, str]) -> Iterator[None]:
     nested = connection.in_atomic_block
+    wanted = (role, tuple(sorted(settings.items())))
+    current = getattr(connection, _APPLIED, None) if nested else None
     with transaction.atomic():
         if not is_enabled():
             yield
+            return
+        if current == wanted:
+            yield  # the enclosing transaction runs in this very context: a savepoint is all
             return
         names = sorted(settings)
         with connection.cursor() as cursor:
@@ -80,16 +89,20 @@ def _role_context(role: str, settings: dict[str, str]) -> Iterator[None]:
             )
             previous_role, session_user, *previous = cursor.fetchone()
             _apply(cursor, role, {name: settings[name] for name in names})
-        yield
-        if nested:
-            # A released savepoint keeps SET LOCAL values: put back what the enclosing
-            # transaction had, so an inner context never widens or narrows an outer one.
-            with connection.cursor() as cursor:
-                _apply(
-                    cursor,
-                    None if previous_role == session_user else previous_role,
-                    {name: value or "" for name, value in zip(names, previous, strict=True)},
-                )
+        setattr(connection, _APPLIED, wanted)
+        try:
+            yield
+            if nested:
+                # A released savepoint keeps SET LOCAL values: put back what the enclosing
+                # transaction had, so an inner context never widens or narrows an outer one.
+                with connection.cursor() as cursor:
+                    _apply(
+                        cursor,
+                        None if previous_role == session_user else previous_role,
+                        {name: value or "" for name, value in zip(names, previous, strict=True)},
+                    )
+        finally:
+            setattr(connection, _APPLIED, current)
 
 
 def _apply(cursor, role: str | None, settings: dict[str, str]) -> None:

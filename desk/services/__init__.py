@@ -20,7 +20,11 @@ from desk.services.maintenance import (
     run_sweep,
     sweep_specs,
 )
-from desk.services.outbox import deliver_outbox_message, settle_outbox_message
+from desk.services.outbox import (
+    deliver_due_outbox,
+    deliver_outbox_message,
+    settle_outbox_message,
+)
 from desk.services.runs import (
     RunError,
     admit_runs,
@@ -51,6 +55,7 @@ __all__ = [
     "admit_runs",
     "cancel_run",
     "claim_sweep",
+    "deliver_due_outbox",
     "deliver_outbox_message",
     "escalate_missed_service_level",
     "escalate_service_levels",

@@ -23,7 +23,8 @@ from django.utils.module_loading import import_string
 from audit.services import Actor, record
 from desk import doorbell
 from desk.models import OutboxMessage, Run, StepRun, Sweep, WorkerHeartbeat
-from desk.services.outbox import sweep_outbox
+from desk.selectors import runs_at_service_level
+from desk.services.outbox import deliver_due_outbox, sweep_outbox
 from desk.services.runs import admit_runs
 from desk.services.usage import escalate_missed_service_level
 from tenants import locking, rls
@@ -147,18 +148,25 @@ def reap(*, now=None) -> dict[str, int]:
             .distinct()
         )
         admissible = _tenants_with_admissible_runs()
-    result = {"expired": 0, "stalled_rung": 0, "admitted": 0, "outbox_rung": 0}
+    result = dict.fromkeys(
+        ("expired", "stalled_rung", "admitted", "outbox_due", "outbox_delivered"), 0
+    )
     result["outbox_uncertain"] = 0
     for tenant_id in sorted(expired):
         result["expired"] += expire_leases(tenant_id=tenant_id, now=now)
-    if stalled and not _doorbells_waiting():
+    # Lost doorbells are rung again only while the broker's queue is empty: otherwise a
+    # worker is coming anyway, and a flood of re-rings would only delay it.
+    queue_empty = not doorbell.any_waiting()
+    if stalled and queue_empty:
         doorbell.ring_runs(stalled)
         result["stalled_rung"] = len(stalled)
     for tenant_id in sorted(undelivered):
-        for key, count in sweep_outbox(
-            tenant_id=tenant_id, now=now, stall_seconds=stall_seconds
-        ).items():
+        swept = sweep_outbox(tenant_id=tenant_id, now=now, stall_seconds=stall_seconds)
+        for key, count in swept.items():
             result[key] += count
+    if result["outbox_due"]:
+        # Delivered here, not by a task that would wait in the queue behind other work.
+        result["outbox_delivered"] = deliver_due_outbox(now=now)
     for tenant_id in admissible:
         result["admitted"] += len(admit_runs(tenant_id=tenant_id))
     return result
@@ -184,21 +192,14 @@ def _tenants_with_admissible_runs() -> list[int]:
     )
 
 
-def _doorbells_waiting() -> bool:
-    """Whether doorbells are queued on the broker already (a worker will come anyway)."""
-    from django_q.brokers import get_broker
-
-    try:
-        return get_broker().queue_size() > 0
-    except Exception:  # a broker down: ring anyway (robust), the health check says why
-        logger.warning("could not read the broker's queue size", exc_info=True)
-        return False
-
-
 def expire_leases(*, tenant_id: int, now) -> int:
-    """Make the tenant's steps whose lease ran out ready again; return how many."""
+    """Make the tenant's steps whose lease ran out ready again; return how many.
+
+    Only time decides: a worker that merely looks dead from here (another machine, another
+    process namespace) may be alive, and its step must not be taken from it early.
+    """
     expired = 0
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         steps = StepRun.objects.filter(
             tenant_id=tenant_id, status=StepRun.Status.RUNNING, lease_expires_at__lt=now
         )
@@ -213,10 +214,19 @@ def expire_leases(*, tenant_id: int, now) -> int:
                 data={"owner": step.lease_owner, "attempts": step.attempts},
             )
             step.move("expire")
+            step.lost_leases += 1
             step.lease_owner = ""
             step.lease_expires_at = None
             step.ready_at = now
-            step.save(update_fields=["status", "lease_owner", "lease_expires_at", "ready_at"])
+            step.save(
+                update_fields=[
+                    "status",
+                    "lost_leases",
+                    "lease_owner",
+                    "lease_expires_at",
+                    "ready_at",
+                ]
+            )
             doorbell.ring_run(step.run_id, tenant_id)
             expired += 1
     return expired
@@ -224,8 +234,6 @@ def expire_leases(*, tenant_id: int, now) -> int:
 
 def escalate_service_levels(*, now=None) -> dict[str, int]:
     """Open one escalation for each open run past its role's target turnaround."""
-    from desk.selectors import runs_at_service_level
-
     now = now or timezone.now()
     with rls.platform_context():
         late = runs_at_service_level(
@@ -249,7 +257,7 @@ def record_worker_heartbeat(*, name: str, **fields) -> None:
 
 def record_cluster_restart(*, name: str, host: str, reason: str, restarts: int) -> None:
     """Audit that a worker replaced its django-q2 cluster (on the platform's own chain)."""
-    with locking.atomic(), rls.platform_context():
+    with locking.tracked(), rls.platform_context():
         record(
             tenant=None,
             actor=Actor.system(f"worker {name}"),

@@ -1,7 +1,10 @@
 """Delivering the outbox: each message at most once on its own, never twice.
 
 A delivery first claims its message (`sending`, committed), then hands it to the mail
-server with no transaction open, then records the outcome. A worker that dies in between
+server with no transaction open, then records the outcome. The worker that wrote a message
+delivers it once its step commits; one it could not deliver (it died first, or the mail
+server failed and the retry is due) is delivered by the reaper itself, so that recovery
+does not wait in a queue behind other work. A worker that dies in between
 leaves the claim behind; once the hand-over could no longer be running, the sweep marks the
 message `uncertain` and escalates: a person checks whether it arrived (the mail carries
 `X-AgentDesk-Key`) and then marks it delivered or sends it again. Nothing is re-sent blindly.
@@ -9,6 +12,9 @@ message `uncertain` and escalates: a person checks whether it arrived (the mail 
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -55,20 +61,21 @@ def deliver_outbox_message(*, message_id: int) -> OutboxMessage | None:
     tenant_id = rls.tenant_of("desk_outboxmessage", message_id)
     if tenant_id is None:
         return None
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         message = _locked(message_id)
         if message is None or message.status != OutboxMessage.Status.PENDING:
             return message
         message.status = OutboxMessage.Status.SENDING
         message.attempts += 1
         message.sending_at = timezone.now()
-        message.save(update_fields=["status", "attempts", "sending_at"])
+        message.sending_by = f"{socket.gethostname()}:{os.getpid()}"
+        message.save(update_fields=["status", "attempts", "sending_at", "sending_by"])
     error = ""
     try:
         _hand_over(message)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         message = _locked(message_id)
         if message.status not in (OutboxMessage.Status.SENDING, OutboxMessage.Status.UNCERTAIN):
             return message  # a person settled it meanwhile
@@ -119,10 +126,18 @@ def _record_failure(message: OutboxMessage, error: str) -> None:
     )
 
 
+def _due(message: OutboxMessage, now) -> bool:
+    """A pending message never tried, or whose retry after a failure is due."""
+    if message.sending_at is None:
+        return True
+    backoff = RETRY_BASE_SECONDS * 2 ** max(0, message.attempts - 1)
+    return message.sending_at + timedelta(seconds=backoff) <= now
+
+
 def sweep_outbox(*, tenant_id: int, now, stall_seconds: int) -> dict[str, int]:
-    """Re-ring pending messages whose doorbell was lost or whose retry is due, and mark
-    claims that outlived any hand-over `uncertain` (with an escalation)."""
-    rung = uncertain = 0
+    """Count the tenant's pending messages that are due (their doorbell lost, or their retry
+    due) and mark claims that outlived any hand-over `uncertain` (with an escalation)."""
+    due = uncertain = 0
     abandoned_before = now - timedelta(seconds=send_timeout_seconds())
     with rls.tenant_context(tenant_id):
         undelivered = OutboxMessage.objects.filter(
@@ -131,20 +146,38 @@ def sweep_outbox(*, tenant_id: int, now, stall_seconds: int) -> dict[str, int]:
             created_at__lt=now - timedelta(seconds=stall_seconds),
         ).order_by("created_at")
         for message in undelivered[:500]:
-            if message.status == OutboxMessage.Status.SENDING:
-                if message.sending_at < abandoned_before and _mark_uncertain(message.pk):
-                    uncertain += 1
-                continue
-            retry_at = message.sending_at and message.sending_at + timedelta(
-                seconds=RETRY_BASE_SECONDS * 2 ** max(0, message.attempts - 1)
-            )
-            if retry_at is None or retry_at <= now:
-                doorbell.ring_outbox(message.pk)
-                rung += 1
-    return {"outbox_rung": rung, "outbox_uncertain": uncertain}
+            if message.status == OutboxMessage.Status.PENDING:
+                due += _due(message, now)
+            elif message.sending_at < abandoned_before and mark_uncertain(message.pk):
+                uncertain += 1
+    return {"outbox_due": due, "outbox_uncertain": uncertain}
 
 
-def _mark_uncertain(message_id: int) -> bool:
+def deliver_due_outbox(*, now=None, seconds: float = 10) -> int:
+    """Deliver pending messages that are due, oldest first, for at most `seconds` (the rest
+    in a later round); return how many were handed over."""
+    deadline = time.monotonic() + seconds
+    now = now or timezone.now()
+    with rls.platform_context():
+        # Which messages wait is all this reads across tenants; each delivery is per tenant.
+        pending = list(
+            OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+            .order_by("created_at")
+            .only("pk", "sending_at", "attempts")[:500]
+        )
+    delivered = 0
+    for message in pending:
+        if time.monotonic() > deadline:
+            break
+        if _due(message, now):
+            deliver_outbox_message(message_id=message.pk)
+            delivered += 1
+    return delivered
+
+
+def mark_uncertain(message_id: int) -> bool:
+    """Settle an abandoned claim as uncertain, with an escalation; False when its delivery
+    is settling it right now."""
     with locking.atomic():
         message = lock(OutboxMessage.objects.filter(pk=message_id), Level.ROW, skip_locked=True)
         message = message.filter(status=OutboxMessage.Status.SENDING).first()
@@ -186,7 +219,7 @@ def settle_outbox_message(*, message: OutboxMessage, actor: Actor, verdict: str,
     reason = (reason or "").strip()
     if not reason:
         raise RunError("reason_required", "Say what you checked.")
-    with locking.atomic(), rls.tenant_context(message.tenant_id):
+    with locking.tracked(), rls.tenant_context(message.tenant_id):
         message = _locked(message.pk)
         allowed = {
             "delivered": {OutboxMessage.Status.UNCERTAIN},

@@ -166,7 +166,7 @@ def admit_runs(*, tenant_id: int) -> list[int]:
     running runs cannot change between counting and admitting. Returns the ids of the runs
     admitted (their doorbells ring after commit).
     """
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         tenant = Tenant.objects.filter(pk=tenant_id).only("status", "max_concurrent_runs").first()
         if tenant is None or not tenant.is_active or tenant.max_concurrent_runs <= 0:
             return []

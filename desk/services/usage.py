@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db.models import F
@@ -12,14 +12,11 @@ from audit.services import Actor, lock_chain, record
 from desk import doorbell
 from desk.gates import get_gate
 from desk.models import ModelPrice, Run, StepRun, TenantUsage
+from desk.selectors import SLA_AT_RISK_SHARE, month_start
 from desk.services.runs import admit_runs
 from tenants import locking, rls
 from tenants.locking import Level, lock
 from tenants.models import Tenant
-
-
-def month_start(now) -> date:
-    return now.date().replace(day=1)
 
 
 def record_usage(*, run: Run, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
@@ -93,7 +90,7 @@ def lift_budget(*, tenant: Tenant, actor: Actor, reason: str) -> list[int]:
     """
     now = timezone.now()
     next_month = (month_start(now) + timedelta(days=32)).replace(day=1)
-    with locking.atomic(), rls.tenant_context(tenant.pk):
+    with locking.tracked(), rls.tenant_context(tenant.pk):
         held_runs = Run.objects.filter(tenant_id=tenant.pk, status=Run.Status.ON_HOLD)
         held = list(lock(held_runs.order_by("pk"), Level.RUN).values_list("pk", flat=True))
         lock_chain(tenant.pk)
@@ -147,9 +144,6 @@ def set_model_price(
 
 # --- service levels --------------------------------------------------------------------------
 
-# A run is at risk once it has used this share of its role's target turnaround.
-SLA_AT_RISK_SHARE = 0.8
-
 
 def sla_state(run: Run, *, now) -> str:
     """on_track, at_risk, or breached against the role's target turnaround; done when closed."""
@@ -169,7 +163,7 @@ def escalate_missed_service_level(*, run_id: int, tenant_id: int, now) -> bool:
 
     Returns whether it escalated (not when the run closed or was escalated meanwhile).
     """
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    with locking.tracked(), rls.tenant_context(tenant_id):
         run = (
             lock(Run.objects.select_related("role"), Level.RUN, skip_locked=True, of=("self",))
             .filter(pk=run_id, sla_escalated_at__isnull=True)

@@ -82,3 +82,17 @@ def test_a_notification_delivered_twice_is_sent_once(parked_intake):
 
     assert (first, second) == (2, 0)
     assert len(mail.outbox) == 1
+
+
+def test_a_lost_notification_is_sent_by_the_sweep_once(parked_intake):
+    request = ApprovalRequest.objects.get(run=parked_intake)
+    ApprovalRequest.objects.filter(pk=request.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)  # its doorbell was lost long ago
+    )
+
+    first, again = sweep_approvals(), sweep_approvals()
+
+    assert (first["notified"], again["notified"]) == (1, 0)
+    assert len(mail.outbox) == 1
+    request.refresh_from_db()
+    assert request.notified_at is not None

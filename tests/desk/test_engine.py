@@ -84,6 +84,7 @@ class TestIntakeStory:
             "outbox.queued",
             "step.completed",
             "run.completed",
+            "outbox.sent",  # the worker delivered it once the step committed
         ]
         assert verify_chain(tenant_id=run.tenant_id) == []
 
@@ -365,7 +366,7 @@ class TestLeases:
         self, start_intake, settings
     ):
         run = start_intake()
-        for _ in range(settings.DESK_STEP_MAX_ATTEMPTS):
+        for _ in range(settings.DESK_STEP_MAX_LOST_LEASES):
             doomed = lease(run, owner="doomed")
             StepRun.objects.filter(pk=doomed.step.pk).update(
                 lease_expires_at=timezone.now() - timedelta(seconds=1)
@@ -376,7 +377,30 @@ class TestLeases:
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
+        classify = run.steps.get(key="classify")
+        assert classify.lost_leases == settings.DESK_STEP_MAX_LOST_LEASES
+        assert classify.error == "its worker vanished 5 times (does the step kill it?)"
         assert Escalation.objects.filter(run=run).count() == 1
+
+    def test_a_step_whose_worker_died_once_still_gets_all_its_attempts(
+        self, start_intake, settings, monkeypatch
+    ):
+        # Lost once to a dead worker, then every model call fails: the errors alone count.
+        run = start_intake()
+        doomed = lease(run, owner="doomed")
+        StepRun.objects.filter(pk=doomed.step.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        services.reap()
+        provider = FlakyProvider(failures=99)
+        monkeypatch.setattr(worker, "get_provider", lambda: provider)
+
+        advance(run)
+
+        classify = run.steps.get(key="classify")
+        assert provider.calls == settings.DESK_STEP_MAX_ATTEMPTS
+        assert (classify.attempts, classify.lost_leases) == (4, 1)
+        assert classify.status == StepRun.Status.FAILED
 
     def test_a_live_lease_keeps_other_workers_off_the_step(self, start_intake):
         run = start_intake()

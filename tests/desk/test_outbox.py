@@ -14,7 +14,7 @@ from approvals.models import ApprovalRequest, Escalation
 from approvals.services import decide
 from audit.models import AuditEvent
 from audit.services import Actor
-from desk import services
+from desk import services, worker
 from desk.models import OutboxMessage
 from desk.services import outbox
 from tests.runtime import advance
@@ -25,14 +25,38 @@ class Killed(BaseException):
 
 
 @pytest.fixture
-def message(parked_intake, users) -> OutboxMessage:
+def message(parked_intake, users, monkeypatch) -> OutboxMessage:
+    """An approved reply written to the outbox by a worker that died before delivering it."""
     decide(
         request=ApprovalRequest.objects.get(run=parked_intake),
         reviewer=users["reviewer.harbor"],
         verdict="approve",
     )
+
+    async def died_first(task, message_id):
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(worker.Task, "deliver", died_first)
+        advance(parked_intake)
+    message = OutboxMessage.objects.get(run=parked_intake)
+    assert message.status == OutboxMessage.Status.PENDING
+    return message
+
+
+def test_the_worker_delivers_what_a_step_wrote_once_it_committed(parked_intake, users):
+    decide(
+        request=ApprovalRequest.objects.get(run=parked_intake),
+        reviewer=users["reviewer.harbor"],
+        verdict="approve",
+    )
+
     advance(parked_intake)
-    return OutboxMessage.objects.get(run=parked_intake)
+
+    message = OutboxMessage.objects.get(run=parked_intake)
+    assert message.status == OutboxMessage.Status.SENT
+    assert message.attempts == 1
+    assert mail.outbox[0].extra_headers["X-AgentDesk-Key"] == message.idempotency_key
 
 
 def die_after_handing_over(monkeypatch):
@@ -63,11 +87,24 @@ def test_a_worker_dying_mid_hand_over_never_sends_twice(message, monkeypatch):
     message.refresh_from_db()
     assert len(mail.outbox) == 1
     assert message.status == OutboxMessage.Status.UNCERTAIN
-    assert swept == {"outbox_rung": 0, "outbox_uncertain": 1}
+    assert swept == {"outbox_due": 0, "outbox_uncertain": 1}
     escalation = Escalation.objects.get(run=message.run, kind=Escalation.Kind.DELIVERY)
     assert message.idempotency_key in escalation.reason
     assert AuditEvent.objects.filter(action="outbox.uncertain", run_id=message.run_id).count() == 1
     assert not AuditEvent.objects.filter(action="outbox.sent", run_id=message.run_id).exists()
+
+
+def test_a_message_its_worker_never_delivered_is_delivered_by_the_reaper(message, monkeypatch):
+    from desk.services import maintenance
+
+    monkeypatch.setattr("desk.doorbell.any_waiting", lambda: True)  # a busy queue, even
+
+    result = maintenance.reap(now=timezone.now() + timedelta(minutes=1))
+
+    assert (result["outbox_due"], result["outbox_delivered"]) == (1, 1)
+    message.refresh_from_db()
+    assert message.status == OutboxMessage.Status.SENT
+    assert len(mail.outbox) == 1
 
 
 def test_a_hand_over_still_in_time_is_not_called_uncertain(message, monkeypatch):
@@ -172,7 +209,8 @@ def test_a_failing_mail_server_is_retried_with_backoff_then_escalated(message, m
         now=timezone.now() + timedelta(seconds=outbox.RETRY_BASE_SECONDS + 1),
         stall_seconds=0,
     )
-    assert (soon["outbox_rung"], later["outbox_rung"]) == (0, 1)
+    assert (soon["outbox_due"], later["outbox_due"]) == (0, 1)
+    assert services.deliver_due_outbox() == 0  # not due yet: nothing handed over
     for _ in range(outbox.OUTBOX_MAX_ATTEMPTS - 1):
         services.deliver_outbox_message(message_id=message.pk)
 

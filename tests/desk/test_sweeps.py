@@ -21,7 +21,7 @@ def rung(monkeypatch):
     """Doorbells rung, instead of enqueued."""
     calls = []
     monkeypatch.setattr("desk.doorbell.async_task", lambda func, **kw: calls.append((func, kw)))
-    monkeypatch.setattr("desk.services.maintenance._doorbells_waiting", lambda: False)
+    monkeypatch.setattr("desk.doorbell.any_waiting", lambda: False)
     return calls
 
 
@@ -118,7 +118,7 @@ class TestReaper:
     def test_nothing_is_rung_while_doorbells_wait_on_the_broker(
         self, start_intake, rung, reap, monkeypatch, settings
     ):
-        monkeypatch.setattr("desk.services.maintenance._doorbells_waiting", lambda: True)
+        monkeypatch.setattr("desk.doorbell.any_waiting", lambda: True)
         run = start_intake()
         StepRun.objects.filter(run=run).update(
             ready_at=timezone.now() - timedelta(seconds=settings.DESK_STALL_SECONDS + 1)
