@@ -13,6 +13,7 @@ from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
 from desk.gates import GateRule
 from tenants import locking
+from tenants.locking import Level, lock
 
 
 def policy_for(*, tenant_id: int, role_id: int, category: str) -> ApprovalPolicy | None:
@@ -81,3 +82,30 @@ class ApprovalGate:
         ApprovalRequest.objects.filter(run=run, status=ApprovalRequest.Status.PENDING).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )
+
+    def resolve_escalations(self, *, run, step, kind: str, user, resolution: str) -> int:
+        escalations = list(
+            lock(
+                Escalation.objects.filter(
+                    run=run, step=step, kind=kind, status=Escalation.Status.OPEN
+                ),
+                Level.ROW,
+                skip_locked=True,
+            )
+        )
+        now = timezone.now()
+        for escalation in escalations:
+            escalation.status = Escalation.Status.RESOLVED
+            escalation.resolved_at = now
+            escalation.resolved_by = user
+            escalation.resolution = resolution
+            escalation.save(update_fields=["status", "resolved_at", "resolved_by", "resolution"])
+            record(
+                tenant=run.tenant_id,
+                actor=Actor.for_user(user) if user else Actor.system("outbox"),
+                action="escalation.resolved",
+                obj=escalation,
+                run_id=run.pk,
+                reason=resolution,
+            )
+        return len(escalations)

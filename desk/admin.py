@@ -27,6 +27,7 @@ from desk.selectors import SERVICE_LEVELS, run_audit_events, run_steps, runs_at_
 from desk.services import (
     RunError,
     cancel_run,
+    forget_worker,
     set_model_price,
     settle_outbox_message,
     sla_state,
@@ -487,6 +488,7 @@ class WorkerHeartbeatAdmin(PlatformStaffOnly, admin.ModelAdmin):
     (a probe goes through it), and why it last replaced its cluster."""
 
     admits_superusers = False
+    actions = ("forget_workers",)
     list_display = (
         "name",
         "state",
@@ -505,10 +507,35 @@ class WorkerHeartbeatAdmin(PlatformStaffOnly, admin.ModelAdmin):
         check = health.worker_check(obj, now=timezone.now(), max_age=health.MAX_AGE)
         return format_html('<span class="desk-health {}">{}</span>', check.state, check.detail)
 
+    @admin.action(description="Forget the selected workers (gone for good)…")
+    def forget_workers(self, request, queryset):
+        actor = Actor.for_user(request.user)
+
+        def forget(worker: WorkerHeartbeat, reason: str) -> None:
+            forget_worker(worker=worker, actor=actor, reason=reason)
+            self.message_user(request, f"Worker {worker} forgotten.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.filter(stopped_at__isnull=True),
+            action="forget_workers",
+            title="Forget workers",
+            question="The health check stops waiting for these workers' heartbeats. Do this "
+            "only for a machine retired without a clean stop: a worker that is merely down "
+            "should be restarted instead.",
+            label="Why are they gone?",
+            submit="Forget them",
+            apply=forget,
+        )
+
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
@@ -531,4 +558,7 @@ class SweepAdmin(PlatformStaffOnly, admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

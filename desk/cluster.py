@@ -88,7 +88,8 @@ def on_task_done(sender, task, **kwargs) -> None:
     """django-q2's post_execute, in the monitor: record a probe that came back."""
     directory = run_dir()
     if directory is not None and task.get("func") == PROBE_FUNC and task.get("success"):
-        write_number(directory / "probe-done", int(task["kwargs"]["number"]))
+        with contextlib.suppress(OSError):  # the supervisor is gone (and the cluster with it)
+            write_number(directory / "probe-done", int(task["kwargs"]["number"]))
 
 
 def on_task_start(sender, task, **kwargs) -> None:
@@ -106,7 +107,6 @@ class _Supervised:
     def dequeue(self):
         directory = run_dir()
         if directory is not None:
-            touch("pusher")
             now = time.monotonic()
             if now - self._checked_at >= 0.25:
                 self._checked_at = now

@@ -31,6 +31,10 @@ class Gate(Protocol):
     def cancel_open(self, *, run, reason: str) -> None:
         """Close any pending requests of a run that ended."""
 
+    def resolve_escalations(self, *, run, step, kind: str, user, resolution: str) -> int:
+        """Resolve the open escalations of this kind about a step that a person settled
+        (inside the caller's transaction); return how many."""
+
 
 @cache
 def get_gate() -> Gate:

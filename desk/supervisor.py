@@ -244,7 +244,7 @@ class Supervisor:
         return Child(name=name, process=process)
 
     def _start_cluster(self) -> None:
-        for stale in ("probe-request", "probe-done", "sentinel", "busy", "pusher"):
+        for stale in ("probe-request", "probe-done", "sentinel", "busy"):
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / stale).unlink()
         self.probe_number = 0

@@ -255,6 +255,30 @@ def record_worker_heartbeat(*, name: str, **fields) -> None:
     WorkerHeartbeat.objects.update_or_create(name=name, defaults=fields)
 
 
+def forget_worker(*, worker: WorkerHeartbeat, actor: Actor, reason: str) -> WorkerHeartbeat:
+    """Record that a worker is gone for good (a machine retired without a clean stop), so
+    that the health check stops waiting for its heartbeat; audited on the platform chain.
+
+    Raises ValueError without a reason.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValueError("Say why the worker is gone.")
+    with locking.tracked(), rls.platform_context():
+        worker = lock(WorkerHeartbeat.objects.all(), Level.ROW).get(pk=worker.pk)
+        if worker.stopped_at is None:
+            worker.stopped_at = timezone.now()
+            worker.save(update_fields=["stopped_at"])
+            record(
+                tenant=None,
+                actor=actor,
+                action="worker.forgotten",
+                reason=reason,
+                data={"worker": worker.name, "host": worker.host, "beat_at": worker.beat_at},
+            )
+    return worker
+
+
 def record_cluster_restart(*, name: str, host: str, reason: str, restarts: int) -> None:
     """Audit that a worker replaced its django-q2 cluster (on the platform's own chain)."""
     with locking.tracked(), rls.platform_context():

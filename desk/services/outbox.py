@@ -214,23 +214,32 @@ def settle_outbox_message(*, message: OutboxMessage, actor: Actor, verdict: str,
     """A person's verdict on a message whose delivery is uncertain or failed: `delivered`
     (it arrived: record it sent) or `resend` (hand it over again).
 
-    Raises RunError (codes: not_settleable, reason_required).
+    Raises RunError (codes: unknown_verdict, reason_required, not_settleable).
     """
     reason = (reason or "").strip()
+    settleable = {
+        "delivered": {OutboxMessage.Status.UNCERTAIN},
+        "resend": {OutboxMessage.Status.UNCERTAIN, OutboxMessage.Status.FAILED},
+    }
+    if verdict not in settleable:
+        raise RunError("unknown_verdict", f"Unknown verdict '{verdict}'.")
     if not reason:
         raise RunError("reason_required", "Say what you checked.")
     with locking.tracked(), rls.tenant_context(message.tenant_id):
         message = _locked(message.pk)
-        allowed = {
-            "delivered": {OutboxMessage.Status.UNCERTAIN},
-            "resend": {OutboxMessage.Status.UNCERTAIN, OutboxMessage.Status.FAILED},
-        }[verdict]
+        allowed = settleable[verdict]
         if message.status not in allowed:
             raise RunError(
                 "not_settleable", f"The message is {message.get_status_display().lower()}."
             )
+        gate = get_gate()
+        run = Run.objects.get(pk=message.run_id)
+        settled = f"Outbox message {message.idempotency_key}: {verdict} ({reason})"
         if verdict == "delivered":
             _record_sent(message, actor=actor, reason=reason)
+            gate.resolve_escalations(
+                run=run, step=message.step, kind="delivery", user=actor.user, resolution=settled
+            )
             return message
         message.status = OutboxMessage.Status.PENDING
         message.sending_at = None
@@ -243,6 +252,9 @@ def settle_outbox_message(*, message: OutboxMessage, actor: Actor, verdict: str,
             run_id=message.run_id,
             step_id=message.step_id,
             reason=reason,
+        )
+        gate.resolve_escalations(
+            run=run, step=message.step, kind="delivery", user=actor.user, resolution=settled
         )
         doorbell.ring_outbox(message.pk)
     return message

@@ -199,3 +199,28 @@ class TestHealthz:
 
     def test_only_get(self, client, db):
         assert client.post("/healthz").status_code == 405
+
+
+def test_a_retired_worker_forgotten_by_platform_staff_is_no_longer_missing(
+    client, everything_fine, superuser
+):
+    from django.urls import reverse
+
+    from audit.models import AuditEvent
+    from audit.services import Actor
+    from tenants.services import grant_platform_staff
+
+    gone = healthy_worker("old-box", beat_at=timezone.now() - timedelta(days=3))
+    assert health()[0] == 1
+    grant_platform_staff(user=superuser, actor=Actor.system("tests"))
+    client.force_login(superuser)
+    page = reverse("admin:desk_workerheartbeat_changelist")
+    base = {"action": "forget_workers", "_selected_action": [gone.pk]}
+
+    client.post(page, {**base, "confirm": "yes", "reason": "Machine retired on Monday"})
+
+    gone.refresh_from_db()
+    assert gone.stopped_at is not None
+    assert health()[0] == 0
+    [event] = AuditEvent.objects.filter(action="worker.forgotten")
+    assert (event.tenant_id, event.reason) == (None, "Machine retired on Monday")

@@ -145,6 +145,9 @@ def test_a_person_who_checked_records_it_delivered_without_sending(uncertain, us
     [sent] = AuditEvent.objects.filter(action="outbox.sent", run_id=uncertain.run_id)
     assert sent.actor_label == "ops"
     assert sent.reason == "Client confirmed receipt"
+    [escalation] = Escalation.objects.filter(run=uncertain.run, kind=Escalation.Kind.DELIVERY)
+    assert escalation.status == Escalation.Status.RESOLVED
+    assert escalation.resolved_by == users["ops"]
 
 
 def test_a_person_who_checked_sends_it_again(uncertain, users):
@@ -167,6 +170,7 @@ def test_a_person_who_checked_sends_it_again(uncertain, users):
     [
         ("delivered", "", "reason_required"),
         ("delivered", "   ", "reason_required"),
+        ("shrug", "it is fine", "unknown_verdict"),
     ],
 )
 def test_settling_without_saying_why_changes_nothing(uncertain, users, verdict, reason, code):
