@@ -275,7 +275,8 @@ def body(args, report: common.Report) -> None:
             "runs failed into an escalation",
             failed,
             "runs",
-            note=f"a step killed {settings.DESK_STEP_MAX_ATTEMPTS} times fails (poison guard)",
+            note=f"a step whose worker vanished {settings.DESK_STEP_MAX_LOST_LEASES} times fails "
+            "(the guard against a step that kills its worker)",
         )
         report.add(
             "outbox_doubled",
