@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +44,14 @@ class ModelResponse:
         return self.prompt_tokens + self.completion_tokens
 
 
-class Provider:
+class Provider(ABC):
+    """A model the worker awaits (one call per attempt plan; retries are the provider's)."""
+
     name = "base"
 
-    def complete(self, request: ModelRequest) -> ModelResponse:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """Answer `request` with output satisfying its schema.
+
+        Raises ProviderError when it cannot (after its retries).
+        """

@@ -110,7 +110,7 @@ def generate(schema: dict[str, Any], prompt: str, *, name: str = "value") -> Any
 class OfflineProvider(Provider):
     name = "offline"
 
-    def complete(self, request: ModelRequest) -> ModelResponse:
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
         output = generate(request.output_schema, request.prompt, name="output")
         prompt_tokens = max(1, len(request.prompt) // 4)
         completion_tokens = max(1, len(str(output)) // 4)
@@ -120,6 +120,3 @@ class OfflineProvider(Provider):
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-
-    async def acomplete(self, request: ModelRequest) -> ModelResponse:
-        return self.complete(request)

@@ -1,7 +1,7 @@
 """OpenAI-compatible Chat Completions provider with structured (JSON Schema) output.
 
-The sync and async entry points share one sans-IO retry loop (``_plan``): it yields what to do
-next (send the request, or sleep) and the two thin drivers perform that I/O.
+A sans-IO retry loop (``_plan``) yields what to do next (send the request, or sleep) and the
+async driver (``acomplete``, what the worker awaits) performs that I/O.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import email.utils
 import json
 import logging
 import random
-import threading
-import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,8 +228,8 @@ _Plan = Generator[_Send | _Sleep, _Outcome | None, ModelResponse]
 class OpenAIProvider(Provider):
     """Calls an OpenAI-compatible ``/chat/completions`` endpoint with a strict JSON Schema.
 
-    Clients passed in are used as-is and never closed here; clients created here are closed by
-    ``close()`` / ``aclose()``.
+    A client passed in is used as-is and never closed here; one created here is closed by
+    ``aclose()``.
     """
 
     name = "openai"
@@ -241,11 +239,9 @@ class OpenAIProvider(Provider):
         *,
         base_url: str,
         api_key: str = "",
-        client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
-        sleep: Callable[[float], object] = time.sleep,
         async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         jitter: Callable[[float], float] = default_jitter,
         max_connections: int = 100,
@@ -255,12 +251,8 @@ class OpenAIProvider(Provider):
         self.api_key = api_key
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._sleep = sleep
         self._async_sleep = async_sleep
         self._jitter = jitter
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
         self._async_client = async_client
         self._owns_async_client = async_client is None
         self._limits = httpx.Limits(
@@ -269,32 +261,10 @@ class OpenAIProvider(Provider):
         # An owned AsyncClient's connections belong to one event loop; remember which.
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
-    # -- sync --
-
-    def complete(self, request: ModelRequest) -> ModelResponse:
-        """Run ``request`` with retries; raise ProviderError once attempts are exhausted."""
-        client = self._sync_client()
-        payload, headers, timeout = self._prepare(request)
-        plan = self._plan(request)
-        action = next(plan)
-        while True:
-            outcome: _Outcome | None = None
-            if isinstance(action, _Sleep):
-                self._sleep(action.seconds)
-            else:
-                try:
-                    outcome = client.post(self.url, json=payload, headers=headers, timeout=timeout)
-                except httpx.RequestError as exc:
-                    outcome = exc
-            try:
-                action = plan.send(outcome)
-            except StopIteration as done:
-                return done.value
-
     # -- async --
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
-        """Async twin of ``complete``, sharing its retry plan."""
+        """Run ``request`` with retries; raise ProviderError once attempts are exhausted."""
         client = self._get_async_client()
         payload, headers, timeout = self._prepare(request)
         plan = self._plan(request)
@@ -366,12 +336,6 @@ class OpenAIProvider(Provider):
             yield _Sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _sync_client(self) -> httpx.Client:
-        with self._client_lock:
-            if self._client is None:
-                self._client = httpx.Client(limits=self._limits)
-            return self._client
-
     def _get_async_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._owns_async_client and (self._async_client is None or self._async_loop is not loop):
@@ -381,25 +345,12 @@ class OpenAIProvider(Provider):
         assert self._async_client is not None
         return self._async_client
 
-    def close(self) -> None:
-        """Close the sync client if this provider created it."""
-        with self._client_lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
-
     async def aclose(self) -> None:
         """Close the async client if this provider created it."""
         if self._owns_async_client and self._async_client is not None:
             await self._async_client.aclose()
             self._async_client = None
             self._async_loop = None
-
-    def __enter__(self) -> OpenAIProvider:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     async def __aenter__(self) -> OpenAIProvider:
         return self

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -68,7 +69,7 @@ class ToolContext:
         return queryset
 
 
-class Tool:
+class Tool(ABC):
     """A callable capability. Subclasses set `name`, `required_args` and implement `run`."""
 
     name = ""
@@ -79,8 +80,12 @@ class Tool:
     # waits on the network sets this False and runs outside any transaction, under a lease.
     runs_inline = True
 
-    def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        """Do the work (or record the intent) within `ctx`.
+
+        Raises ToolRefused when the call is not allowed.
+        """
 
 
 @cache

@@ -49,26 +49,55 @@ def make_request(**overrides: Any) -> ModelRequest:
     return ModelRequest(**fields)
 
 
-def make_provider(server: FakeOpenAIServer, sleeps: list[float], **kwargs: Any) -> OpenAIProvider:
+def recorder(sleeps: list[float]):
     async def record_async_sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
+    return record_async_sleep
+
+
+def make_provider(server: FakeOpenAIServer, sleeps: list[float], **kwargs: Any) -> OpenAIProvider:
     return OpenAIProvider(
         base_url=server.base_url,
         api_key=kwargs.pop("api_key", "sk-test"),
-        sleep=sleeps.append,
-        async_sleep=record_async_sleep,
+        async_sleep=recorder(sleeps),
         jitter=lambda delay: 0.0,
         **kwargs,
     )
 
 
-# --- sync -----------------------------------------------------------------------------------------
+class Sync:
+    """Calls the provider's (only) entry point from a plain test, one event loop a call."""
+
+    def __init__(self, provider: OpenAIProvider):
+        self.provider = provider
+
+    def __enter__(self) -> Sync:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def complete(self, request: ModelRequest):
+        async def call():
+            try:
+                return await self.provider.acomplete(request)
+            finally:
+                await self.provider.aclose()
+
+        return asyncio.run(call())
+
+
+def sync_provider(server: FakeOpenAIServer, sleeps: list[float], **kwargs: Any) -> Sync:
+    return Sync(make_provider(server, sleeps, **kwargs))
+
+
+# --- one call at a time -------------------------------------------------------------------
 
 
 def test_success_returns_output_usage_and_sends_schema(fake_openai: FakeOpenAIServer) -> None:
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps) as provider:
+    with sync_provider(fake_openai, sleeps) as provider:
         response = provider.complete(make_request(temperature=0.2, max_tokens=321))
 
     assert response.output == EXPECTED
@@ -98,7 +127,7 @@ def test_exact_usage_and_no_system_message_or_auth_when_not_given(
     fake_openai: FakeOpenAIServer,
 ) -> None:
     fake_openai.script(FakeReply.output(EXPECTED, usage=(11, 7)))
-    with make_provider(fake_openai, [], api_key="") as provider:
+    with sync_provider(fake_openai, [], api_key="") as provider:
         response = provider.complete(make_request(system=""))
 
     assert (response.prompt_tokens, response.completion_tokens, response.total_tokens) == (
@@ -114,7 +143,7 @@ def test_exact_usage_and_no_system_message_or_auth_when_not_given(
 def test_429_then_success_honours_retry_after(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.status(429, headers={"Retry-After": "2"}))
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps) as provider:
+    with sync_provider(fake_openai, sleeps) as provider:
         response = provider.complete(make_request())
 
     assert response.output == EXPECTED
@@ -126,7 +155,7 @@ def test_429_then_success_honours_retry_after(fake_openai: FakeOpenAIServer) -> 
 def test_retry_after_is_capped(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.status(429, headers={"Retry-After": "1000"}))
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps, backoff_max=3.0) as provider:
+    with sync_provider(fake_openai, sleeps, backoff_max=3.0) as provider:
         assert provider.complete(make_request()).attempts == 2
     assert sleeps == [12.0]
 
@@ -134,7 +163,7 @@ def test_retry_after_is_capped(fake_openai: FakeOpenAIServer) -> None:
 def test_429_every_time_is_rate_limited(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(*[FakeReply.status(429)] * 3)
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, sleeps) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request())
     assert info.value.code == "rate_limited"
     assert fake_openai.request_count == 3
@@ -144,7 +173,7 @@ def test_429_every_time_is_rate_limited(fake_openai: FakeOpenAIServer) -> None:
 def test_500_then_success(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.status(500))
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps) as provider:
+    with sync_provider(fake_openai, sleeps) as provider:
         response = provider.complete(make_request())
     assert response.attempts == 2
     assert response.output == EXPECTED
@@ -156,7 +185,7 @@ def test_5xx_every_time_is_server_error_with_exponential_backoff(
 ) -> None:
     fake_openai.script(*[FakeReply.status(503)] * 4)
     sleeps: list[float] = []
-    provider = make_provider(fake_openai, sleeps, backoff_base=1.0, backoff_max=3.0)
+    provider = sync_provider(fake_openai, sleeps, backoff_base=1.0, backoff_max=3.0)
     with provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request(max_attempts=4))
     assert info.value.code == "server_error"
@@ -168,7 +197,7 @@ def test_5xx_every_time_is_server_error_with_exponential_backoff(
 
 def test_timeout_then_success(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.timeout())
-    with make_provider(fake_openai, []) as provider:
+    with sync_provider(fake_openai, []) as provider:
         response = provider.complete(make_request(timeout_seconds=0.3))
     assert response.attempts == 2
     assert response.output == EXPECTED
@@ -176,7 +205,7 @@ def test_timeout_then_success(fake_openai: FakeOpenAIServer) -> None:
 
 def test_timeout_every_attempt(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(*[FakeReply.timeout()] * 3)
-    with make_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request(timeout_seconds=0.3))
     assert info.value.code == "timeout"
     assert fake_openai.request_count == 3
@@ -184,7 +213,7 @@ def test_timeout_every_attempt(fake_openai: FakeOpenAIServer) -> None:
 
 def test_dropped_connection_is_retried(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.disconnect())
-    with make_provider(fake_openai, []) as provider:
+    with sync_provider(fake_openai, []) as provider:
         assert provider.complete(make_request()).attempts == 2
 
 
@@ -193,8 +222,12 @@ def test_unreachable_server_is_connection_error() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleeps: list[float] = []
-    provider = OpenAIProvider(
-        base_url=f"http://127.0.0.1:{port}/v1", sleep=sleeps.append, jitter=lambda d: 0.0
+    provider = Sync(
+        OpenAIProvider(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            async_sleep=recorder(sleeps),
+            jitter=lambda d: 0.0,
+        )
     )
     with provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request(max_attempts=2))
@@ -204,7 +237,7 @@ def test_unreachable_server_is_connection_error() -> None:
 
 def test_invalid_json_then_success(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.content("not json"))
-    with make_provider(fake_openai, []) as provider:
+    with sync_provider(fake_openai, []) as provider:
         response = provider.complete(make_request())
     assert response.attempts == 2
     assert response.output == EXPECTED
@@ -212,7 +245,7 @@ def test_invalid_json_then_success(fake_openai: FakeOpenAIServer) -> None:
 
 def test_invalid_json_every_time(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(*[FakeReply.content("not json")] * 3)
-    with make_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request())
     assert info.value.code == "invalid_output"
     assert "not valid JSON" in str(info.value)
@@ -225,7 +258,7 @@ def test_output_not_matching_schema_is_retried(fake_openai: FakeOpenAIServer) ->
         FakeReply.output({"summary": "missing the rest"}),
         FakeReply.output(["not", "an", "object"]),
     )
-    with make_provider(fake_openai, []) as provider:
+    with sync_provider(fake_openai, []) as provider:
         response = provider.complete(make_request(max_attempts=4))
     assert response.attempts == 4
     assert response.output == EXPECTED
@@ -233,7 +266,7 @@ def test_output_not_matching_schema_is_retried(fake_openai: FakeOpenAIServer) ->
 
 def test_output_not_matching_schema_every_time(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(*[FakeReply.output({**EXPECTED, "score": 0})] * 2)
-    with make_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request(max_attempts=2))
     assert info.value.code == "invalid_output"
     assert "score" in str(info.value)
@@ -242,7 +275,7 @@ def test_output_not_matching_schema_every_time(fake_openai: FakeOpenAIServer) ->
 def test_400_fails_at_once(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(FakeReply.status(400, body={"error": {"message": "unknown model"}}))
     sleeps: list[float] = []
-    with make_provider(fake_openai, sleeps) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, sleeps) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request())
     assert info.value.code == "bad_request"
     assert not info.value.retryable
@@ -252,17 +285,20 @@ def test_400_fails_at_once(fake_openai: FakeOpenAIServer) -> None:
 
 
 def test_invalid_schema_fails_without_calling(fake_openai: FakeOpenAIServer) -> None:
-    with make_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
+    with sync_provider(fake_openai, []) as provider, pytest.raises(ProviderError) as info:
         provider.complete(make_request(output_schema={"type": "no-such-type"}))
     assert info.value.code == "bad_request"
     assert fake_openai.request_count == 0
 
 
 def test_injected_client_is_used_and_left_open(fake_openai: FakeOpenAIServer) -> None:
-    with httpx.Client(headers={"X-Trace": "abc"}) as client:
-        with OpenAIProvider(base_url=fake_openai.base_url, client=client) as provider:
-            provider.complete(make_request())
-        assert not client.is_closed
+    async def main() -> bool:
+        async with httpx.AsyncClient(headers={"X-Trace": "abc"}) as client:
+            async with OpenAIProvider(base_url=fake_openai.base_url, async_client=client) as p:
+                await p.acomplete(make_request())
+            return client.is_closed
+
+    assert asyncio.run(main()) is False
     assert fake_openai.requests[0].headers["x-trace"] == "abc"
 
 
