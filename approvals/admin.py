@@ -9,22 +9,32 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import formats, timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from approvals.forms import ReviewForm
-from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
-from approvals.permissions import can_resolve_escalation
+from approvals.models import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    Decision,
+    Escalation,
+    PolicyChange,
+)
+from approvals.permissions import barred_reason, can_resolve_escalation
+from approvals.selectors import earlier_rounds, quorum_missing
 from approvals.services import (
+    POLICY_FIELDS,
     DecisionError,
+    approve_policy_change,
     decide,
-    delete_policy,
+    propose_policy_change,
+    reject_policy_change,
     resolve_escalation,
-    save_policy,
 )
 from audit.services import Actor
 from desk.engine import step_definition
@@ -158,7 +168,7 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                     ("status", "approvals"),
                     ("tenant", "run_column"),
                     ("step_key", "category"),
-                    ("due", "on_timeout"),
+                    ("due", "round_number"),
                     ("created_at", "decided_at"),
                 )
             },
@@ -172,7 +182,7 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "step_key",
         "category",
         "due",
-        "on_timeout",
+        "round_number",
         "created_at",
         "decided_at",
     )
@@ -183,7 +193,14 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             .get_queryset(request)
             .select_related("tenant", "run__role", "run__role_version", "step")
             .annotate(
-                approvals_given=Count("decisions", filter=Q(decisions__verdict__in=APPROVING))
+                approvals_given=Count(
+                    "decisions",
+                    filter=Q(
+                        decisions__verdict__in=APPROVING,
+                        decisions__dismissed_at__isnull=True,
+                        decisions__version=F("version"),
+                    ),
+                )
             )
         )
 
@@ -198,6 +215,10 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="approvals")
     def approvals(self, obj):
         return f"{obj.approvals_given} of {obj.required_approvals}"
+
+    @admin.display(description="round")
+    def round_number(self, obj):
+        return f"{obj.round} of {obj.rule.get('max_rounds', 3)}" if obj.step.kind == "llm" else "—"
 
     @admin.display(description="due", ordering="due_at")
     def due(self, obj):
@@ -224,7 +245,7 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             raise Http404("No approval request with this id.")
         if not self.has_change_permission(request, approval):
             raise PermissionDenied
-        form = ReviewForm(request.POST)
+        form = ReviewForm(request.POST, request=approval)
         if form.is_valid():
             verdict = form.cleaned_data["verdict"]
             try:
@@ -234,9 +255,10 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                     verdict=verdict,
                     comment=form.cleaned_data["comment"],
                     edited_payload=form.cleaned_data["edited_payload"],
+                    version=form.cleaned_data["version"],
                 )
             except DecisionError as exc:
-                form.add_error("comment" if exc.code == "reason_required" else None, str(exc))
+                self._show_refusal(form, exc)
             else:
                 approval.refresh_from_db()
                 self.message_user(
@@ -244,6 +266,20 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                 )
                 return redirect("admin:approvals_approvalrequest_changelist")
         return self._render_review(request, object_id, form)
+
+    @staticmethod
+    def _show_refusal(form: ReviewForm, exc: DecisionError) -> None:
+        if exc.code == "reason_required":
+            form.add_error("comment", str(exc))
+            return
+        placed = False
+        for error in exc.errors:
+            name = form.field_name(error["field"])
+            if name is not None:
+                form.add_error(name, error["message"])
+                placed = True
+        if not placed or exc.code != "invalid_edit":
+            form.add_error(None, str(exc) if not placed else "Nothing was decided.")
 
     def _render_review(self, request, object_id, form):
         # After a refused decision the page is shown again, exactly as Django's change view
@@ -279,10 +315,12 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                 dump_json(earlier_step.output) if earlier_step.output is not None else ""
             )
         definition = step_definition(run, step)
-        my_decision = approval.decisions.filter(reviewer=request.user).first()
+        my_decision = approval.decisions.current().filter(reviewer=request.user).first()
+        barred = barred_reason(request.user, approval)
         may_decide = (
             approval.is_pending
             and my_decision is None
+            and barred is None
             and self.has_change_permission(request, approval)
         )
         return {
@@ -298,8 +336,10 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             "prompt": step.rendered.get("prompt", "") if step.kind == "llm" else "",
             "my_decision": my_decision,
             "may_decide": may_decide,
-            "review_form": form
-            or ReviewForm(initial={"edited_payload": dump_json(approval.proposal)}),
+            "barred": barred,
+            "review_form": form or ReviewForm(request=approval),
+            "missing": quorum_missing(approval) if approval.is_pending else "",
+            "earlier_rounds": earlier_rounds(approval),
             "verdicts": Decision.Verdict,
             # The page is a review, not a model form: no save or delete buttons.
             "show_save": False,
@@ -421,6 +461,11 @@ def resolved_message(escalation: Escalation) -> str:
 
 class ApprovalPolicyForm(forms.ModelForm):
     category = forms.ChoiceField(choices=[(c, c.replace("_", " ")) for c in CATEGORIES])
+    reason = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "class": "vLargeTextField"}),
+        help_text="Why: the second operator reads it before approving the change.",
+    )
 
     class Meta:
         model = ApprovalPolicy
@@ -430,8 +475,15 @@ class ApprovalPolicyForm(forms.ModelForm):
             "category",
             "mode",
             "required_approvals",
+            "approver_groups",
             "due_minutes",
-            "on_timeout",
+            "remind_every_minutes",
+            "max_reminders",
+            "escalate_to_group",
+            "escalate_to_user",
+            "final_action",
+            "max_rounds",
+            "allow_bulk",
         )
 
     def clean(self):
@@ -444,6 +496,8 @@ class ApprovalPolicyForm(forms.ModelForm):
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
+    """Policies change through a second operator: saving here proposes the change."""
+
     form = ApprovalPolicyForm
     list_display = (
         "category",
@@ -452,7 +506,7 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
         "mode",
         "required_approvals",
         "due_minutes",
-        "on_timeout",
+        "final_action",
     )
     list_filter = ("tenant", "mode", "category", "role")
     list_select_related = ("tenant", "role")
@@ -464,12 +518,156 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
         return obj.role.name if obj.role_id else "All roles"
 
     def save_model(self, request, obj, form, change):
-        self.call_service(form, lambda: save_policy(policy=obj, actor=Actor.for_user(request.user)))
+        original = ApprovalPolicy.objects.get(pk=obj.pk) if change else None
+        values = {name: form.cleaned_data.get(name) for name in POLICY_FIELDS}
+        values["role"] = obj.role_id
+        values["escalate_to_group"] = obj.escalate_to_group_id
+        values["escalate_to_user"] = obj.escalate_to_user_id
+        self.call_service(
+            form,
+            lambda: setattr(
+                request,
+                "_policy_change",
+                propose_policy_change(
+                    tenant=form.cleaned_data["tenant"],
+                    actor=Actor.for_user(request.user),
+                    values=values,
+                    policy=original,
+                    approver_groups=list(form.cleaned_data.get("approver_groups") or []),
+                    reason=form.cleaned_data.get("reason", ""),
+                ),
+            ),
+        )
+
+    def save_related(self, request, form, formsets, change):
+        """Nothing is saved here: the change waits for a second operator."""
+
+    def _proposed(self, request):
+        change = request._policy_change
+        self.message_user(
+            request,
+            f"Proposed: {change}. It applies once a second operator of {change.tenant} "
+            "approves it.",
+            messages.SUCCESS,
+        )
+        return redirect("admin:approvals_policychange_change", change.pk)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._proposed(request)
+
+    def response_change(self, request, obj):
+        return self._proposed(request)
 
     def delete_model(self, request, obj):
-        delete_policy(policy=obj, actor=Actor.for_user(request.user))
+        request._policy_change = propose_policy_change(
+            tenant=obj.tenant, actor=Actor.for_user(request.user), values=None, policy=obj
+        )
 
-    def delete_queryset(self, request, queryset):
-        # delete_selected has checked each policy's permission on its confirmation page.
-        for policy in queryset.select_related("role"):
-            delete_policy(policy=policy, actor=Actor.for_user(request.user))
+    def response_delete(self, request, obj_display, obj_id):
+        return self._proposed(request)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # one proposal per policy, from its page
+        return actions
+
+
+@admin.register(PolicyChange)
+class PolicyChangeAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    """Proposed policy changes, with their before and after; a second operator applies."""
+
+    view_access = "operate"
+    add_access = change_access = delete_access = None
+    actions = ("apply_changes", "reject_changes")
+    list_display = ("__str__", "tenant", "action", "summary", "status", "proposer", "proposed_at")
+    list_filter = ("status", "action", "tenant")
+    list_select_related = ("tenant", "proposed_by", "decided_by")
+    ordering = ("-proposed_at",)
+    fields = (
+        "tenant",
+        "action",
+        "status",
+        "proposer",
+        "proposed_at",
+        "reason",
+        "before_after",
+        "decided_by",
+        "decided_at",
+        "decision_note",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="proposed by")
+    def proposer(self, obj):
+        return username_of(obj.proposed_by)
+
+    @admin.display(description="what")
+    def summary(self, obj):
+        values = obj.after or obj.before or {}
+        return f"{values.get('category', '?')} · {values.get('mode', '?')}"
+
+    @admin.display(description="before → after")
+    def before_after(self, obj):
+        names = sorted(set(obj.before or {}) | set(obj.after or {}))
+        rows = format_html_join(
+            "",
+            "<tr{}><th>{}</th><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    mark_safe(' class="desk-changed"')
+                    if (obj.before or {}).get(n) != (obj.after or {}).get(n)
+                    else "",
+                    n.replace("_", " "),
+                    "—" if obj.before is None else (obj.before or {}).get(n),
+                    "(deleted)" if obj.after is None else (obj.after or {}).get(n),
+                )
+                for n in names
+            ),
+        )
+        return format_html(
+            '<table class="desk-diff"><tr><th></th><th>before</th><th>after</th></tr>{}</table>',
+            rows,
+        )
+
+    def _decide(self, request, queryset, *, apply: bool):
+        def one(change, note):
+            try:
+                if apply:
+                    approve_policy_change(
+                        change=change, actor=Actor.for_user(request.user), note=note
+                    )
+                else:
+                    reject_policy_change(
+                        change=change, actor=Actor.for_user(request.user), note=note
+                    )
+            except DecisionError as exc:
+                self.message_user(request, f"{change}: {exc}", messages.ERROR)
+            else:
+                verb = "Applied" if apply else "Closed"
+                self.message_user(request, f"{verb} {change}.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("tenant"),
+            action="apply_changes" if apply else "reject_changes",
+            title="Apply policy changes" if apply else "Reject policy changes",
+            question=(
+                "Apply these changes to the approval policies? You must not be their proposer."
+                if apply
+                else "Reject (or, for your own, withdraw) these proposed changes?"
+            ),
+            label="Note for the audit trail" if apply else "Why?",
+            submit="Apply" if apply else "Reject",
+            apply=one,
+        )
+
+    @admin.action(
+        description="Apply the selected changes (second operator)…", permissions=["operate"]
+    )
+    def apply_changes(self, request, queryset):
+        return self._decide(request, queryset, apply=True)
+
+    @admin.action(description="Reject or withdraw the selected changes…", permissions=["operate"])
+    def reject_changes(self, request, queryset):
+        return self._decide(request, queryset, apply=False)

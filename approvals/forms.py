@@ -1,37 +1,152 @@
-"""The reviewer's decision form."""
+"""The reviewer's decision form: a draft or a tool call is edited as its fields (built from
+the step's JSON Schema), not as raw JSON; a checkpoint's corrections as JSON per step."""
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
+from typing import Any
 
 from django import forms
 
+from approvals.edits import edit_schema
 from approvals.models import Decision
+
+PREFIX = "field__"
+
+
+def _field_for(name: str, schema: dict[str, Any], *, required: bool) -> forms.Field:
+    label = schema.get("title") or name.replace("_", " ")
+    help_text = schema.get("description", "")
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "enum" in schema:
+        return forms.ChoiceField(
+            label=label,
+            help_text=help_text,
+            required=required,
+            choices=[(json.dumps(v), str(v)) for v in schema["enum"]],
+        )
+    if kinds == ["string"]:
+        long = schema.get("maxLength", 10_000) > 200 or name in ("body", "summary", "text")
+        return forms.CharField(
+            label=label,
+            help_text=help_text,
+            required=False,  # the schema says whether empty is allowed
+            strip=False,
+            widget=forms.Textarea(attrs={"rows": 8, "class": "vLargeTextField"})
+            if long
+            else forms.TextInput(attrs={"class": "vTextField"}),
+        )
+    if kinds in (["number"], ["integer"]):
+        return forms.DecimalField(label=label, help_text=help_text, required=False)
+    if kinds == ["boolean"]:
+        return forms.BooleanField(label=label, help_text=help_text, required=False)
+    return forms.JSONField(
+        label=label,
+        help_text=help_text or "JSON",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "class": "vLargeTextField desk-json"}),
+    )
+
+
+def _to_json(field: forms.Field, value: Any, schema: dict[str, Any]) -> Any:
+    if isinstance(field, forms.ChoiceField):
+        return json.loads(value) if value else None
+    if isinstance(value, Decimal):
+        kinds = schema.get("type")
+        if kinds == "integer" and value == value.to_integral_value():
+            return int(value)
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _initial(field: forms.Field, value: Any) -> Any:
+    if isinstance(field, forms.ChoiceField):
+        return json.dumps(value)
+    return value
 
 
 class ReviewForm(forms.Form):
+    """The decision box. `request` is the ApprovalRequest under review: its proposal gives
+    the editable fields and their values."""
+
     verdict = forms.ChoiceField(choices=Decision.Verdict.choices)
+    version = forms.IntegerField(widget=forms.HiddenInput)
     comment = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 3, "class": "vLargeTextField"}),
         help_text="Required to reject or to send back for revision; the AI employee reads it.",
     )
-    edited_payload = forms.CharField(
-        required=False,
-        strip=False,
-        label="Edited proposal",
-        widget=forms.Textarea(attrs={"rows": 14, "class": "vLargeTextField desk-json"}),
-        help_text="Used by “Edit & approve” only: the proposal as it should go ahead.",
-    )
 
-    def clean_edited_payload(self):
-        text = self.cleaned_data["edited_payload"]
-        if self.data.get("verdict") != Decision.Verdict.EDIT:
-            return None
-        try:
-            payload = json.loads(text)
-        except ValueError as exc:
-            raise forms.ValidationError(f"This is not valid JSON: {exc}.") from None
-        if not isinstance(payload, dict):
-            raise forms.ValidationError("The edited proposal must be a JSON object.")
-        return payload
+    def __init__(self, *args, request, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.approval = request
+        self.fields["version"].initial = request.version
+        self.editable, self.values = self._editable(request)
+        for name, (field, _schema) in self.editable.items():
+            field.initial = _initial(field, self.values.get(name))
+            self.fields[PREFIX + name] = field
+
+    @staticmethod
+    def _editable(request) -> tuple[dict[str, tuple[forms.Field, dict]], dict[str, Any]]:
+        kind = request.step.kind
+        proposal = request.proposal
+        if kind in ("llm", "tool"):
+            values = (proposal.get("draft") if kind == "llm" else proposal.get("args")) or {}
+            schema = edit_schema(request) or {}
+            properties = dict(schema.get("properties") or {})
+            for name in values:  # whatever the schema does not describe is still shown
+                properties.setdefault(name, {})
+            required = set(schema.get("required") or [])
+            return {
+                name: (_field_for(name, sub, required=name in required), sub)
+                for name, sub in properties.items()
+            }, values
+        outputs = proposal.get("outputs") or {}
+        return {name: (_field_for(name, {}, required=False), {}) for name in outputs}, outputs
+
+    def edited_values(self) -> dict[str, Any]:
+        """The proposal's values as the form now has them (unchanged fields as they were)."""
+        values = dict(self.values)
+        for name, (field, schema) in self.editable.items():
+            if PREFIX + name not in self.data and not isinstance(field, forms.BooleanField):
+                continue  # not posted at all: as it was
+            value = self.cleaned_data.get(PREFIX + name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                values.pop(name, None)  # a blank field is a missing value
+                continue
+            values[name] = _to_json(field, value, schema)
+        return values
+
+    def edited_proposal(self) -> dict[str, Any]:
+        values = self.edited_values()
+        kind = self.approval.step.kind
+        if kind == "llm":
+            return {"draft": values}
+        if kind == "tool":
+            return {"tool": self.approval.proposal.get("tool"), "args": values}
+        return {**self.approval.proposal, "outputs": values}
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        changed = self.edited_proposal() != self.approval.proposal
+        verdict = cleaned.get("verdict")
+        if changed and verdict != Decision.Verdict.EDIT:
+            # Unsaved edits are never dropped silently.
+            raise forms.ValidationError(
+                "You changed the proposal: press “Edit & approve” to approve your version, "
+                "or undo your changes first.",
+                code="unsaved_edit",
+            )
+        cleaned["edited_payload"] = (
+            self.edited_proposal() if verdict == Decision.Verdict.EDIT else None
+        )
+        return cleaned
+
+    def field_name(self, error_field: str) -> str | None:
+        """The form field a schema error path points at, if it is one of ours."""
+        top = (error_field or "").split(".")[0]
+        return PREFIX + top if top in self.editable else None

@@ -5,37 +5,141 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation
+from approvals.selectors import quorum_holds
 from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
 from desk.gates import GateRule
+from roles.workflow import CATEGORY_RANK, tool_category
 from tenants import locking
 from tenants.locking import Level, lock
 
 
-def policy_for(*, tenant_id: int, role_id: int, category: str) -> ApprovalPolicy | None:
-    """The role's own policy for the category, else the tenant-wide one."""
-    policies = ApprovalPolicy.objects.filter(
-        Q(role_id=role_id) | Q(role__isnull=True), tenant_id=tenant_id, category=category
+def _details(policy: ApprovalPolicy | None, *, source: str) -> dict[str, Any]:
+    if policy is None:
+        fallback = settings.DESK_DEFAULT_APPROVAL
+        return {
+            "source": source,
+            "groups": [],
+            "remind_every_minutes": fallback["remind_every_minutes"],
+            "max_reminders": fallback["max_reminders"],
+            "escalate_to_group": None,
+            "escalate_to_user": None,
+            "final_action": ApprovalPolicy.FinalAction.HOLD,
+            "max_rounds": fallback["max_rounds"],
+            "allow_bulk": False,
+        }
+    return {
+        "source": source,
+        "groups": sorted(policy.approver_groups.values_list("pk", flat=True)),
+        "remind_every_minutes": policy.remind_every_minutes,
+        "max_reminders": policy.max_reminders,
+        "escalate_to_group": policy.escalate_to_group_id,
+        "escalate_to_user": policy.escalate_to_user_id,
+        "final_action": policy.final_action,
+        "max_rounds": policy.max_rounds,
+        "allow_bulk": policy.allow_bulk,
+    }
+
+
+def _rule(policy: ApprovalPolicy | None, *, source: str) -> GateRule:
+    if policy is None:
+        return GateRule(
+            required_approvals=settings.DESK_DEFAULT_APPROVAL["required_approvals"],
+            due_minutes=settings.DESK_DEFAULT_APPROVAL["due_minutes"],
+            details=_details(None, source=source),
+        )
+    return GateRule(
+        required_approvals=policy.required_approvals,
+        due_minutes=policy.due_minutes,
+        details=_details(policy, source=source),
     )
-    return min(policies, key=lambda p: p.role_id is None, default=None)
+
+
+def _tighter(a: GateRule, b: GateRule) -> GateRule:
+    """The stricter of two rules, field by field."""
+    da, db = a.details, b.details
+    return GateRule(
+        required_approvals=max(a.required_approvals, b.required_approvals),
+        due_minutes=min(a.due_minutes, b.due_minutes),
+        details={
+            **da,
+            **{k: v for k, v in db.items() if v is not None},
+            "source": f"{da['source']}+{db['source']}",
+            "groups": sorted(set(da["groups"]) | set(db["groups"])),
+            "max_reminders": min(da["max_reminders"], db["max_reminders"]),
+            "remind_every_minutes": min(da["remind_every_minutes"], db["remind_every_minutes"]),
+            "final_action": (
+                ApprovalPolicy.FinalAction.REJECT
+                if ApprovalPolicy.FinalAction.REJECT in (da["final_action"], db["final_action"])
+                else ApprovalPolicy.FinalAction.HOLD
+            ),
+            "max_rounds": min(da["max_rounds"], db["max_rounds"]),
+            "allow_bulk": da["allow_bulk"] and db["allow_bulk"],
+        },
+    )
+
+
+def effective_rule(*, tenant_id: int, role_id: int, category: str) -> GateRule | None:
+    """The rule for a category in a role: the tenant-wide policy is the floor and the role's
+    own may only tighten it. No tenant-wide policy (or an unknown category) means gated,
+    one approval, the default due time. None: the category runs on its own."""
+    policies = list(
+        ApprovalPolicy.objects.filter(
+            Q(role_id=role_id) | Q(role__isnull=True), tenant_id=tenant_id, category=category
+        )
+    )
+    floor = next((p for p in policies if p.role_id is None), None)
+    own = next((p for p in policies if p.role_id is not None), None)
+    if category not in CATEGORY_RANK or floor is None:
+        rule = _rule(None, source="no policy")
+    elif floor.mode == ApprovalPolicy.Mode.AUTO:
+        rule = None
+    else:
+        rule = _rule(floor, source="tenant")
+    if own is not None and own.mode == ApprovalPolicy.Mode.REVIEW:
+        own_rule = _rule(own, source="role")
+        rule = own_rule if rule is None else _tighter(rule, own_rule)
+    return rule
 
 
 class ApprovalGate:
     def rule_for(self, *, run, step) -> GateRule | None:
-        policy = policy_for(tenant_id=run.tenant_id, role_id=run.role_id, category=step.category)
-        if policy is None or policy.mode == ApprovalPolicy.Mode.AUTO:
-            return None
-        return GateRule(
-            required_approvals=policy.required_approvals,
-            due_minutes=policy.due_minutes,
-            on_timeout=policy.on_timeout,
+        rule = effective_rule(tenant_id=run.tenant_id, role_id=run.role_id, category=step.category)
+        if step.kind == "tool":
+            # A tool's own category counts whatever the step is labelled (old versions
+            # validated before tools declared one included).
+            tool = run.role_version.definition["steps"][step.index].get("tool", "")
+            least = tool_category(tool)
+            if least != step.category:
+                floor = effective_rule(tenant_id=run.tenant_id, role_id=run.role_id, category=least)
+                if floor is not None:
+                    rule = floor if rule is None else _tighter(rule, floor)
+        if rule is None and step.kind == "review":
+            # An explicit checkpoint always waits for a person.
+            rule = _rule(None, source="checkpoint")
+        return rule
+
+    def approval_holds(self, *, run, step) -> bool:
+        request = (
+            ApprovalRequest.objects.filter(step=step, status=ApprovalRequest.Status.APPROVED)
+            .select_related("tenant", "run__role_version", "run__api_key")
+            .order_by("-pk")
+            .first()
         )
+        return request is not None and quorum_holds(request)
 
     def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
+        previous = (
+            ApprovalRequest.objects.filter(step=step, status=ApprovalRequest.Status.RETURNED)
+            .order_by("-pk")
+            .first()
+        )
+        due_at = timezone.now() + timedelta(minutes=rule.due_minutes)
         request = ApprovalRequest.objects.create(
             tenant_id=run.tenant_id,
             run=run,
@@ -43,8 +147,13 @@ class ApprovalGate:
             category=step.category,
             proposal=proposal,
             required_approvals=rule.required_approvals,
-            due_at=timezone.now() + timedelta(minutes=rule.due_minutes),
-            on_timeout=rule.on_timeout,
+            rule=rule.details,
+            round=previous.round + 1 if previous else 1,
+            previous=previous,
+            due_at=due_at,
+            next_action_at=due_at,
+            assignee_id=previous.assignee_id if previous else None,
+            assigned_group_id=previous.assigned_group_id if previous else None,
         )
         record(
             tenant=run.tenant_id,
@@ -57,6 +166,10 @@ class ApprovalGate:
                 "key": step.key,
                 "category": step.category,
                 "required_approvals": rule.required_approvals,
+                "groups": rule.details.get("groups", []),
+                "policy": rule.details.get("source", ""),
+                "round": request.round,
+                "version": request.version,
                 "due_at": request.due_at,
             },
         )
@@ -96,10 +209,13 @@ class ApprovalGate:
         now = timezone.now()
         for escalation in escalations:
             escalation.status = Escalation.Status.RESOLVED
+            escalation.outcome = Escalation.Outcome.RESOLVED
             escalation.resolved_at = now
             escalation.resolved_by = user
             escalation.resolution = resolution
-            escalation.save(update_fields=["status", "resolved_at", "resolved_by", "resolution"])
+            escalation.save(
+                update_fields=["status", "outcome", "resolved_at", "resolved_by", "resolution"]
+            )
             record(
                 tenant=run.tenant_id,
                 actor=Actor.for_user(user) if user else Actor.system("outbox"),

@@ -3,16 +3,54 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 
+class ReviewerGroup(models.Model):
+    """A named set of a tenant's reviewers (partners, senior reviewers): requests are
+    assigned to it, and a policy may require one approval from each of several groups."""
+
+    tenant = models.ForeignKey(
+        "tenants.Tenant", on_delete=models.CASCADE, related_name="reviewer_groups"
+    )
+    name = models.CharField(max_length=100)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="GroupMember", related_name="reviewer_groups"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="reviewergroup_unique_name"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class GroupMember(models.Model):
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    group = models.ForeignKey(ReviewerGroup, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "user"], name="groupmember_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} in {self.group}"
+
+
 class ApprovalPolicy(models.Model):
-    """Whether steps of a category run on their own or wait for people, per tenant or role."""
+    """Whether steps of a category run on their own or wait for people, per tenant or role.
+
+    The tenant-wide policy is a floor: a role's own policy may tighten it, never loosen it
+    (approvals.gate.effective_rule). A category without a tenant-wide policy is gated."""
 
     class Mode(models.TextChoices):
         AUTO = "auto", "Run automatically"
         REVIEW = "review", "Require review"
 
-    class OnTimeout(models.TextChoices):
-        REMIND = "remind", "Remind reviewers"
-        ESCALATE = "escalate", "Escalate to operators"
+    class FinalAction(models.TextChoices):
+        HOLD = "hold", "Hold for a person (stays pending)"
         REJECT = "reject", "Reject"
 
     tenant = models.ForeignKey(
@@ -30,10 +68,33 @@ class ApprovalPolicy(models.Model):
     mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.REVIEW)
     required_approvals = models.PositiveSmallIntegerField(default=1)
     due_minutes = models.PositiveIntegerField(default=240)
-    on_timeout = models.CharField(
-        max_length=20, choices=OnTimeout.choices, default=OnTimeout.REMIND
+    approver_groups = models.ManyToManyField(
+        ReviewerGroup,
+        blank=True,
+        related_name="+",
+        help_text="Approvers must include a different person from each of these groups.",
+    )
+    # The timeout ladder: remind every X minutes up to N times, then escalate, then the
+    # final action.
+    remind_every_minutes = models.PositiveIntegerField(default=60)
+    max_reminders = models.PositiveSmallIntegerField(default=2)
+    escalate_to_group = models.ForeignKey(
+        ReviewerGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    escalate_to_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    final_action = models.CharField(
+        max_length=20, choices=FinalAction.choices, default=FinalAction.HOLD
+    )
+    max_rounds = models.PositiveSmallIntegerField(
+        default=3, help_text="How many times a draft may be sent back before it escalates."
+    )
+    allow_bulk = models.BooleanField(
+        default=False, help_text="Reviewers may approve several requests at once from the queue."
     )
 
+    # Approver groups change through PolicyChange, which keeps the before and after.
     history = HistoricalRecords()
 
     class Meta:
@@ -50,6 +111,13 @@ class ApprovalPolicy(models.Model):
             models.CheckConstraint(
                 condition=models.Q(required_approvals__gte=1),
                 name="policy_required_approvals_gte_1",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(remind_every_minutes__gte=1),
+                name="policy_remind_every_gte_1",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_rounds__gte=1), name="policy_max_rounds_gte_1"
             ),
         ]
 
@@ -77,16 +145,49 @@ class ApprovalRequest(models.Model):
     )
     category = models.CharField(max_length=40)
     proposal = models.JSONField(help_text="The exact draft or tool call awaiting a decision.")
+    version = models.PositiveIntegerField(
+        default=1, help_text="Goes up with every edit; approvals count for one version only."
+    )
+    proposal_author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Who wrote the current proposal by hand (an operator taking over).",
+    )
+    round = models.PositiveSmallIntegerField(
+        default=1, help_text="1 for a first draft, 2 after one send-back, and so on."
+    )
+    previous = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The request this redraft answers.",
+    )
     required_approvals = models.PositiveSmallIntegerField(default=1)
+    # The policy as it stood when the request opened: groups, ladder, rounds, bulk.
+    rule = models.JSONField(default=dict)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     due_at = models.DateTimeField()
-    on_timeout = models.CharField(max_length=20, choices=ApprovalPolicy.OnTimeout.choices)
-    reminded_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the due-time rule (remind/escalate/reject) ran."
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    assigned_group = models.ForeignKey(
+        ReviewerGroup, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The timeout ladder: what it did so far, and when it acts next.
+    next_action_at = models.DateTimeField(null=True, blank=True)
+    reminders_sent = models.PositiveSmallIntegerField(default=0)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    held_at = models.DateTimeField(
+        null=True, blank=True, help_text="The ladder ran out: the request waits for a person."
     )
     # Set when the e-mail went out, so a notification task delivered twice sends once.
     notified_at = models.DateTimeField(null=True, blank=True)
-    reminder_sent_at = models.DateTimeField(null=True, blank=True)
+    reminders_notified = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 
@@ -103,9 +204,9 @@ class ApprovalRequest(models.Model):
             models.Index(fields=["tenant", "status", "due_at"]),
             # What the approvals sweep looks for across tenants, every round.
             models.Index(
-                fields=["due_at"],
-                condition=models.Q(status="pending", reminded_at__isnull=True),
-                name="approval_awaiting_timeout",
+                fields=["next_action_at"],
+                condition=models.Q(status="pending", next_action_at__isnull=False),
+                name="approval_ladder_due",
             ),
             models.Index(
                 fields=["created_at"],
@@ -122,13 +223,21 @@ class ApprovalRequest(models.Model):
         return self.status == self.Status.PENDING
 
     def approvals_count(self) -> int:
-        return self.decisions.filter(
-            verdict__in=(Decision.Verdict.APPROVE, Decision.Verdict.EDIT)
-        ).count()
+        """Approvals of the current version, before authority is re-checked."""
+        return self.decisions.current().approving().count()
+
+
+class DecisionQuerySet(models.QuerySet):
+    def current(self):
+        """Decisions not dismissed by a later edit."""
+        return self.filter(dismissed_at__isnull=True)
+
+    def approving(self):
+        return self.filter(verdict__in=(Decision.Verdict.APPROVE, Decision.Verdict.EDIT))
 
 
 class Decision(models.Model):
-    """One reviewer's verdict on an approval request."""
+    """One reviewer's verdict on one version of an approval request's proposal."""
 
     class Verdict(models.TextChoices):
         APPROVE = "approve", "Approve"
@@ -141,16 +250,34 @@ class Decision(models.Model):
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
+    on_behalf_of = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The assignee whose delegate decided.",
+    )
     verdict = models.CharField(max_length=20, choices=Verdict.choices)
+    version = models.PositiveIntegerField(default=1, help_text="The proposal version decided.")
     comment = models.TextField(blank=True)
     edited_payload = models.JSONField(null=True, blank=True)
     diff = models.TextField(blank=True)
+    via = models.CharField(max_length=20, default="admin")
     created_at = models.DateTimeField(auto_now_add=True)
+    dismissed_at = models.DateTimeField(
+        null=True, blank=True, help_text="A later edit made this approval stale."
+    )
+
+    objects = DecisionQuerySet.as_manager()
 
     class Meta:
         constraints = [
+            # A person counts once: one standing decision per reviewer and request.
             models.UniqueConstraint(
-                fields=["request", "reviewer"], name="decision_one_per_reviewer"
+                fields=["request", "reviewer"],
+                condition=models.Q(dismissed_at__isnull=True),
+                name="decision_one_current_per_reviewer",
             ),
         ]
 
@@ -171,6 +298,15 @@ class Escalation(models.Model):
         SLA = "sla", "Service level missed"
         DELIVERY = "delivery", "Delivery failed"
         APPROVAL_OVERDUE = "approval_overdue", "Approval overdue"
+        APPROVAL_ROUNDS = "approval_rounds", "Sent back too often"
+        QUORUM_LOST = "quorum_lost", "An approval no longer holds"
+
+    class Outcome(models.TextChoices):
+        RESOLVED = "resolved", "Resolved"
+        RETRIED = "retried", "Step retried"
+        TAKEN_OVER = "taken_over", "Taken over by a person"
+        CANCELLED = "cancelled", "Run cancelled"
+        LEFT_PENDING = "left_pending", "Left with the reviewers"
 
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.PROTECT, related_name="escalations"
@@ -188,6 +324,83 @@ class Escalation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     resolution = models.TextField(blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
 
     def __str__(self):
         return f"Escalation #{self.pk} · run {self.run_id}"
+
+
+class Delegation(models.Model):
+    """Out of office: the requests assigned to `delegator` go to `delegate` until `ends_at`.
+
+    The delegate decides as themselves (four eyes applies to them); the decision records
+    the delegator it was made for."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    delegator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    delegate = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="delegation_ends_after_start",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(delegator=models.F("delegate")),
+                name="delegation_not_to_oneself",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "delegate", "ends_at"])]
+
+    def __str__(self):
+        return f"{self.delegator} → {self.delegate} until {self.ends_at:%Y-%m-%d}"
+
+
+class PolicyChange(models.Model):
+    """A proposed change to an approval policy; it applies once a second operator approves."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Create"
+        UPDATE = "update", "Change"
+        DELETE = "delete", "Delete"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a second operator"
+        APPLIED = "applied", "Applied"
+        REJECTED = "rejected", "Rejected"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    policy = models.ForeignKey(
+        ApprovalPolicy, on_delete=models.SET_NULL, null=True, blank=True, related_name="changes"
+    )
+    action = models.CharField(max_length=20, choices=Action.choices)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    proposed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    proposed_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "status", "proposed_at"])]
+
+    def __str__(self):
+        return f"Policy change #{self.pk} · {self.get_action_display()}"

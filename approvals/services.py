@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import time
@@ -10,23 +11,41 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
-from approvals.permissions import can_decide, can_resolve_escalation
+from approvals.edits import InvalidEdit, checked_edit
+from approvals.models import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    Decision,
+    Delegation,
+    Escalation,
+    PolicyChange,
+    ReviewerGroup,
+)
+from approvals.permissions import (
+    barred_people,
+    can_resolve_escalation,
+    current_reviewers,
+    decision_refusal,
+)
+from approvals.selectors import quorum_holds
 from audit.services import Actor, record
 from desk import services as desk_services
 from tenants import locking, rls
 from tenants.locking import Level, lock
 from tenants.models import Membership
+from tenants.permissions import can_operate_tenant
 
 
 class DecisionError(Exception):
     """The decision cannot be taken; nothing was written."""
 
-    def __init__(self, message: str, *, code: str = "invalid_decision"):
+    def __init__(self, message: str, *, code: str = "invalid_decision", errors=None):
         super().__init__(message)
         self.code = code
+        self.errors: list[dict[str, str]] = errors or []
 
 
 def _diff(before: Any, after: Any) -> str:
@@ -38,6 +57,20 @@ def _diff(before: Any, after: Any) -> str:
     )
 
 
+def active_delegators(*, tenant_id: int, delegate, now=None) -> set[int]:
+    """Who has handed their requests to `delegate` right now."""
+    now = now or timezone.now()
+    return set(
+        Delegation.objects.filter(
+            tenant_id=tenant_id,
+            delegate=delegate,
+            starts_at__lte=now,
+            ends_at__gt=now,
+            revoked_at__isnull=True,
+        ).values_list("delegator_id", flat=True)
+    )
+
+
 def decide(
     *,
     request: ApprovalRequest,
@@ -45,11 +78,19 @@ def decide(
     verdict: str,
     comment: str = "",
     edited_payload: dict[str, Any] | None = None,
+    version: int | None = None,
+    via: str = "admin",
 ) -> Decision:
-    """Record a reviewer's verdict and apply it once the request has enough approvals.
+    """Record a reviewer's verdict on the version they saw, and apply it once the request's
+    approvals make a quorum.
 
-    Raises DecisionError: not allowed, not pending, already decided by this reviewer,
-    reject/revise without a reason, edit without a payload.
+    Four eyes is enforced here, whatever the interface: see approvals.permissions. An edit
+    is checked against the step's schema, becomes the next version of the proposal and
+    dismisses earlier approvals. A quorum counts only approvals of the current version by
+    people who are reviewers now.
+
+    Raises DecisionError: not allowed, not pending, already decided by this reviewer, the
+    proposal changed since `version`, reject/revise without a reason, an invalid edit.
     """
     comment = (comment or "").strip()
     if verdict not in Decision.Verdict.values:
@@ -59,33 +100,76 @@ def decide(
             "Say why: a reason is required to reject or send back.", code="reason_required"
         )
     if verdict == Decision.Verdict.EDIT and not isinstance(edited_payload, dict):
-        raise DecisionError("Edit and approve needs the edited proposal as a JSON object.")
+        raise DecisionError("Edit and approve needs the edited proposal.", code="invalid_edit")
     with locking.atomic():
         # The run and its steps before the request: the lock order (tenants.locking).
         run_id = ApprovalRequest.objects.filter(pk=request.pk).values_list("run_id", flat=True)
         desk_services.lock_run(run_id.get())
         request = lock(
-            ApprovalRequest.objects.select_related("run", "step"), Level.APPROVAL, of=("self",)
+            ApprovalRequest.objects.select_related(
+                "tenant", "run__role_version", "run__api_key", "step"
+            ),
+            Level.APPROVAL,
+            of=("self",),
         ).get(pk=request.pk)
-        if not can_decide(reviewer, request):
-            raise DecisionError("You may not decide this request.", code="forbidden")
+        refusal = decision_refusal(reviewer, request)
+        if refusal:
+            raise DecisionError(refusal, code="forbidden")
         if not request.is_pending:
             raise DecisionError(
                 f"This request is already {request.get_status_display().lower()}.",
                 code="not_pending",
             )
-        if request.decisions.filter(reviewer=reviewer).exists():
+        if version is not None and version != request.version:
+            raise DecisionError(
+                f"The proposal was edited since you opened it (it is now version "
+                f"{request.version}): read it again before deciding.",
+                code="stale_version",
+            )
+        if request.decisions.current().filter(reviewer=reviewer).exists():
             raise DecisionError("You have already decided this request.", code="already_decided")
+        payload = None
+        if verdict == Decision.Verdict.EDIT:
+            try:
+                payload = checked_edit(request, edited_payload)
+            except InvalidEdit as exc:
+                raise DecisionError(str(exc), code="invalid_edit", errors=exc.errors) from None
+            if payload == request.proposal:
+                raise DecisionError(
+                    "The edit changes nothing: approve the proposal as it is instead.",
+                    code="invalid_edit",
+                )
         actor = Actor.for_user(reviewer)
-        payload = edited_payload if verdict == Decision.Verdict.EDIT else None
+        now = timezone.now()
+        on_behalf_of = None
+        if (
+            request.assignee_id
+            and request.assignee_id != reviewer.pk
+            and request.assignee_id
+            in active_delegators(tenant_id=request.tenant_id, delegate=reviewer, now=now)
+        ):
+            on_behalf_of = request.assignee_id
+        dismissed: list[int] = []
+        if payload is not None:
+            # The edit is a new version: approvals of the old one no longer count.
+            stale = request.decisions.current().approving()
+            dismissed = list(stale.values_list("pk", flat=True))
+            stale.update(dismissed_at=now)
+            diff = _diff(request.proposal, payload)
+            request.proposal = payload
+            request.version += 1
+            request.save(update_fields=["proposal", "version"])
         decision = Decision.objects.create(
             request=request,
             tenant_id=request.tenant_id,
             reviewer=reviewer,
+            on_behalf_of_id=on_behalf_of,
             verdict=verdict,
+            version=request.version,
             comment=comment,
             edited_payload=payload,
-            diff=_diff(request.proposal, payload) if payload is not None else "",
+            diff=diff if payload is not None else "",
+            via=via,
         )
         record(
             tenant=request.tenant_id,
@@ -95,14 +179,18 @@ def decide(
             run_id=request.run_id,
             step_id=request.step_id,
             reason=comment,
-            data={"verdict": verdict, "decision": decision.pk, "diff": decision.diff},
+            data={
+                "verdict": verdict,
+                "decision": decision.pk,
+                "version": request.version,
+                "diff": decision.diff,
+                "dismissed": dismissed,
+                "on_behalf_of": on_behalf_of,
+                "via": via,
+            },
         )
         if verdict in (Decision.Verdict.APPROVE, Decision.Verdict.EDIT):
-            if payload is not None:
-                # Later approvals see the edited version.
-                request.proposal = payload
-                request.save(update_fields=["proposal"])
-            if request.approvals_count() >= request.required_approvals:
+            if quorum_holds(request):
                 _close(request, ApprovalRequest.Status.APPROVED)
                 desk_services.resume_approved_step(
                     step=request.step, payload=request.proposal, actor=actor
@@ -110,6 +198,16 @@ def decide(
         elif verdict == Decision.Verdict.REJECT:
             _close(request, ApprovalRequest.Status.REJECTED)
             desk_services.reject_parked_step(step=request.step, actor=actor, reason=comment)
+        elif request.round >= request.rule.get("max_rounds", 3):
+            # Send back is bounded: past the last round a person takes it from here.
+            _open_escalation(
+                request,
+                kind=Escalation.Kind.APPROVAL_ROUNDS,
+                reason=(
+                    f"Approval #{request.pk} was sent back {request.round} times; "
+                    f"{reviewer} asks for another round: {comment}"
+                ),
+            )
         else:
             try:
                 desk_services.return_step_for_revision(
@@ -119,6 +217,27 @@ def decide(
                 raise DecisionError(exc.message, code=exc.code) from None
             _close(request, ApprovalRequest.Status.RETURNED)
     return decision
+
+
+def _open_escalation(request: ApprovalRequest, *, kind: str, reason: str) -> Escalation:
+    escalation = Escalation.objects.create(
+        tenant_id=request.tenant_id,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        kind=kind,
+        reason=reason,
+    )
+    record(
+        tenant=request.tenant_id,
+        actor=Actor.system("approvals"),
+        action="escalation.opened",
+        obj=escalation,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        reason=reason,
+        data={"kind": kind, "request": request.pk},
+    )
+    return escalation
 
 
 def _close(request: ApprovalRequest, status: str) -> None:
@@ -175,65 +294,268 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
     return escalation
 
 
-POLICY_FIELDS = {"category", "mode", "required_approvals", "due_minutes", "on_timeout"}
+POLICY_FIELDS = (
+    "category",
+    "mode",
+    "required_approvals",
+    "due_minutes",
+    "remind_every_minutes",
+    "max_reminders",
+    "escalate_to_group",
+    "escalate_to_user",
+    "final_action",
+    "max_rounds",
+    "allow_bulk",
+)
 
 
-def save_policy(*, policy: ApprovalPolicy, actor: Actor) -> ApprovalPolicy:
-    """Create or change an approval policy.
+def policy_values(policy: ApprovalPolicy) -> dict[str, Any]:
+    """A policy as JSON: what a change shows as its before and after."""
+    values = {name: getattr(policy, name) for name in POLICY_FIELDS if "escalate_to" not in name}
+    values["role"] = policy.role_id
+    values["escalate_to_group"] = policy.escalate_to_group_id
+    values["escalate_to_user"] = policy.escalate_to_user_id
+    values["approver_groups"] = (
+        sorted(policy.approver_groups.values_list("pk", flat=True)) if policy.pk else []
+    )
+    return values
 
-    Raises ValidationError when the policy's role belongs to another tenant or a value
-    is invalid.
-    """
-    from django.core.exceptions import ValidationError
 
-    if policy.role_id and policy.role.tenant_id != policy.tenant_id:
-        raise ValidationError({"role": "This role belongs to another tenant."})
-    with locking.atomic():
-        before = (
-            ApprovalPolicy.objects.filter(pk=policy.pk).values(*POLICY_FIELDS).first()
-            if policy.pk
-            else None
-        )
-        policy.full_clean()
-        policy._history_user = actor.user
-        policy.save()
-        after = {name: getattr(policy, name) for name in POLICY_FIELDS}
-        diff = {
-            name: [before.get(name) if before else None, value]
-            for name, value in after.items()
-            if before is None or before[name] != value
-        }
-        record(
-            tenant=policy.tenant_id,
-            actor=actor,
-            action="policy.created" if before is None else "policy.updated",
-            obj=policy,
-            data={"role": policy.role.slug if policy.role_id else None, **diff},
-        )
+def _policy_from(values: dict[str, Any], *, tenant_id: int, policy=None) -> ApprovalPolicy:
+    policy = policy or ApprovalPolicy(tenant_id=tenant_id)
+    for name in POLICY_FIELDS:
+        if name in ("escalate_to_group", "escalate_to_user"):
+            setattr(policy, f"{name}_id", values.get(name))
+        elif name in values:
+            setattr(policy, name, values[name])
+    policy.role_id = values.get("role")
     return policy
 
 
+def propose_policy_change(
+    *,
+    tenant,
+    actor: Actor,
+    values: dict[str, Any] | None,
+    policy: ApprovalPolicy | None = None,
+    approver_groups=(),
+    reason: str = "",
+) -> PolicyChange:
+    """Propose creating (no `policy`), changing or deleting (`values` None) an approval
+    policy; it applies only when a second operator approves it (approve_policy_change).
+
+    Raises ValidationError when a value is invalid, the role, group or person is another
+    tenant's, or the proposer is not an operator of the tenant.
+    """
+    from django.core.exceptions import ValidationError
+
+    if actor.user is None or not can_operate_tenant(actor.user, tenant):
+        raise ValidationError("Only the tenant's operators propose policy changes.")
+    if policy is not None and policy.tenant_id != tenant.pk:
+        raise ValidationError("This policy belongs to another tenant.")
+    after = None
+    if values is not None:
+        values = {**values, "approver_groups": sorted(g.pk for g in approver_groups)}
+        candidate = _policy_from(values, tenant_id=tenant.pk, policy=copy.copy(policy))
+        _check_policy(candidate, groups=list(approver_groups))
+        after = {**policy_values(candidate), "approver_groups": values["approver_groups"]}
+    action = (
+        PolicyChange.Action.DELETE
+        if values is None
+        else PolicyChange.Action.CREATE
+        if policy is None
+        else PolicyChange.Action.UPDATE
+    )
+    before = policy_values(policy) if policy is not None else None
+    if before is not None and before == after:
+        raise ValidationError("This changes nothing.")
+    with locking.atomic():
+        change = PolicyChange.objects.create(
+            tenant=tenant,
+            policy=policy,
+            action=action,
+            before=before,
+            after=after,
+            proposed_by=actor.user,
+            reason=reason,
+        )
+        record(
+            tenant=tenant.pk,
+            actor=actor,
+            action="policy.change_proposed",
+            obj=change,
+            reason=reason,
+            data={"change": change.pk, "action": action, "before": before, "after": after},
+        )
+    return change
+
+
+def _check_policy(policy: ApprovalPolicy, *, groups: list) -> None:
+    from django.core.exceptions import ValidationError
+
+    tenant_id = policy.tenant_id
+    if policy.role_id and policy.role.tenant_id != tenant_id:
+        raise ValidationError({"role": "This role belongs to another tenant."})
+    if any(g.tenant_id != tenant_id for g in groups):
+        raise ValidationError({"approver_groups": "A group belongs to another tenant."})
+    if policy.escalate_to_group_id and policy.escalate_to_group.tenant_id != tenant_id:
+        raise ValidationError({"escalate_to_group": "This group belongs to another tenant."})
+    if (
+        policy.escalate_to_user_id
+        and not current_reviewers(tenant_id, [policy.escalate_to_user_id])
+        and not Membership.objects.filter(
+            tenant_id=tenant_id, user_id=policy.escalate_to_user_id, kind=Membership.Kind.OPERATOR
+        ).exists()
+    ):
+        raise ValidationError({"escalate_to_user": "Not a reviewer or operator of the tenant."})
+    if len(groups) > policy.required_approvals:
+        raise ValidationError(
+            {"required_approvals": "Require at least one approval per approver group."}
+        )
+    policy.full_clean(validate_unique=False)
+
+
+def approve_policy_change(*, change: PolicyChange, actor: Actor, note: str = "") -> PolicyChange:
+    """Apply a proposed policy change as its second operator.
+
+    Raises DecisionError when the approver proposed it, is not an operator of the tenant,
+    the change is no longer pending, or the policy changed since it was proposed.
+    """
+    from django.core.exceptions import ValidationError
+
+    user = actor.user
+    with locking.atomic():
+        change = lock(PolicyChange.objects.select_related("tenant"), Level.ROW).get(pk=change.pk)
+        _check_second_operator(change, user)
+        policy = None
+        if change.policy_id is not None:
+            policy = (
+                lock(ApprovalPolicy.objects.all(), Level.ROW).filter(pk=change.policy_id).first()
+            )
+        if change.action != PolicyChange.Action.CREATE and (
+            policy is None or policy_values(policy) != change.before
+        ):
+            raise DecisionError(
+                "The policy changed since this was proposed: propose it again.", code="stale"
+            )
+        if change.action == PolicyChange.Action.DELETE:
+            policy._history_user = user
+            policy.delete()
+            policy = None
+        else:
+            values = change.after
+            policy = _policy_from(values, tenant_id=change.tenant_id, policy=policy)
+            policy._history_user = user
+            try:
+                policy.full_clean()
+            except ValidationError as exc:
+                raise DecisionError(
+                    "The change no longer fits: " + "; ".join(exc.messages), code="invalid"
+                ) from None
+            policy.save()
+            policy.approver_groups.set(
+                ReviewerGroup.objects.filter(
+                    tenant_id=change.tenant_id, pk__in=values["approver_groups"]
+                )
+            )
+        change.status = PolicyChange.Status.APPLIED
+        change.policy = policy
+        change.decided_by = user
+        change.decided_at = timezone.now()
+        change.decision_note = note
+        change.save(update_fields=["status", "policy", "decided_by", "decided_at", "decision_note"])
+        record(
+            tenant=change.tenant_id,
+            actor=actor,
+            action="policy.change_applied",
+            obj=change,
+            reason=note,
+            data={
+                "change": change.pk,
+                "action": change.action,
+                "proposed_by": change.proposed_by_id,
+                "before": change.before,
+                "after": change.after,
+            },
+        )
+    return change
+
+
+def reject_policy_change(*, change: PolicyChange, actor: Actor, note: str) -> PolicyChange:
+    """Turn a proposed policy change down (its proposer withdraws it the same way).
+
+    Raises DecisionError without a note, when not allowed or no longer pending.
+    """
+    note = (note or "").strip()
+    if not note:
+        raise DecisionError("Say why.", code="reason_required")
+    with locking.atomic():
+        change = lock(PolicyChange.objects.select_related("tenant"), Level.ROW).get(pk=change.pk)
+        withdrawn = change.proposed_by_id == getattr(actor.user, "pk", None)
+        if not withdrawn:
+            _check_second_operator(change, actor.user)
+        elif change.status != PolicyChange.Status.PENDING:
+            raise DecisionError("This change is no longer pending.", code="not_pending")
+        change.status = PolicyChange.Status.WITHDRAWN if withdrawn else PolicyChange.Status.REJECTED
+        change.decided_by = actor.user
+        change.decided_at = timezone.now()
+        change.decision_note = note
+        change.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        record(
+            tenant=change.tenant_id,
+            actor=actor,
+            action="policy.change_withdrawn" if withdrawn else "policy.change_rejected",
+            obj=change,
+            reason=note,
+            data={"change": change.pk},
+        )
+    return change
+
+
+def _check_second_operator(change: PolicyChange, user) -> None:
+    if (
+        user is None
+        or not Membership.objects.filter(
+            tenant_id=change.tenant_id,
+            user=user,
+            kind=Membership.Kind.OPERATOR,
+            user__is_active=True,
+        ).exists()
+    ):
+        raise DecisionError("Only the tenant's operators decide policy changes.", code="forbidden")
+    if change.proposed_by_id == user.pk:
+        raise DecisionError(
+            "A second operator must approve the change you proposed.", code="four_eyes"
+        )
+    if change.status != PolicyChange.Status.PENDING:
+        raise DecisionError("This change is no longer pending.", code="not_pending")
+
+
+# --- the timeout ladder and notifications ---------------------------------------------------
+
+
 def sweep_approvals(*, now=None) -> dict[str, int]:
-    """Apply each overdue request's timeout rule once (remind, escalate or reject), and
-    notify the reviewers of requests whose notification was lost.
+    """Take each request whose ladder is due one rung further (remind, escalate, then the
+    policy's final action), and notify the reviewers of requests whose notification was
+    lost.
 
     Returns how many requests got each treatment.
     """
     now = now or timezone.now()
-    done = {"remind": 0, "escalate": 0, "reject": 0, "notified": 0}
+    done = {"remind": 0, "escalate": 0, "reject": 0, "hold": 0, "notified": 0}
     pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
     with rls.platform_context():
         # Which requests need attention is all this reads across tenants.
-        overdue = list(
-            pending.filter(due_at__lt=now, reminded_at__isnull=True)
-            .order_by("due_at")
+        due = list(
+            pending.filter(next_action_at__lte=now)
+            .order_by("next_action_at")
             .values_list("pk", "tenant_id", "run_id")[:500]
         )
         unnotified = _unnotified(pending, now=now).count()
-    for request_id, tenant_id, run_id in overdue:
-        rule = _apply_timeout(request_id=request_id, tenant_id=tenant_id, run_id=run_id, now=now)
-        if rule:
-            done[rule] += 1
+    for request_id, tenant_id, run_id in due:
+        rung = _climb_ladder(request_id=request_id, tenant_id=tenant_id, run_id=run_id, now=now)
+        if rung:
+            done[rung] += 1
     if unnotified:
         # Sent here, not by a task that would wait in the queue behind other work.
         done["notified"] = notify_lost()
@@ -266,9 +588,9 @@ def notify_lost(*, seconds: float = 10) -> int:
     return handled
 
 
-def _apply_timeout(*, request_id: int, tenant_id: int, run_id: int, now) -> str:
-    """Apply one overdue request's timeout rule; return the rule, or "" when it was decided
-    (or is being decided) meanwhile."""
+def _climb_ladder(*, request_id: int, tenant_id: int, run_id: int, now) -> str:
+    """Take one request one rung up its timeout ladder; return the rung, or "" when it was
+    decided (or is being decided) meanwhile."""
     actor = Actor.system("approvals")
     with locking.tracked(), rls.tenant_context(tenant_id):
         desk_services.lock_run(run_id)
@@ -279,57 +601,89 @@ def _apply_timeout(*, request_id: int, tenant_id: int, run_id: int, now) -> str:
                 skip_locked=True,
                 of=("self",),
             )
-            .filter(
-                pk=request_id,
-                status=ApprovalRequest.Status.PENDING,
-                due_at__lt=now,
-                reminded_at__isnull=True,
-            )
+            .filter(pk=request_id, status=ApprovalRequest.Status.PENDING, next_action_at__lte=now)
             .first()
         )
         if request is None:
             return ""
-        request.reminded_at = now  # marks the timeout as handled, whatever the rule
-        request.save(update_fields=["reminded_at"])
-        rule = request.on_timeout
+        rule = request.rule
+        every = timedelta(minutes=rule.get("remind_every_minutes", 60))
+        data = {"due_at": request.due_at, "assignee": request.assignee_id}
+        if request.reminders_sent < rule.get("max_reminders", 0):
+            rung = "remind"
+            request.reminders_sent += 1
+            request.next_action_at = now + every
+            data["reminder"] = request.reminders_sent
+            notify_reviewers_after_commit(request, reminder=request.reminders_sent)
+        elif request.escalated_at is None:
+            rung = "escalate"
+            request.escalated_at = now
+            request.next_action_at = now + every
+            to_user, to_group = rule.get("escalate_to_user"), rule.get("escalate_to_group")
+            data.update(
+                {
+                    "from_assignee": request.assignee_id,
+                    "from_group": request.assigned_group_id,
+                    "to_user": to_user,
+                    "to_group": to_group,
+                }
+            )
+            if to_user or to_group:
+                request.assignee_id, request.assigned_group_id = to_user, to_group
+            _open_escalation(
+                request,
+                kind=Escalation.Kind.APPROVAL_OVERDUE,
+                reason=(
+                    f"Approval #{request.pk} was not decided by its due time "
+                    f"({request.due_at:%Y-%m-%d %H:%M} UTC) after "
+                    f"{request.reminders_sent} reminder(s); it stays open for a decision."
+                ),
+            )
+            notify_reviewers_after_commit(request, reminder=request.reminders_sent + 1)
+        elif rule.get("final_action") == ApprovalPolicy.FinalAction.REJECT:
+            rung = "reject"
+            request.next_action_at = None
+        else:
+            rung = "hold"
+            request.next_action_at = None
+            request.held_at = now
+        request.save(
+            update_fields=[
+                "reminders_sent",
+                "next_action_at",
+                "escalated_at",
+                "held_at",
+                "assignee",
+                "assigned_group",
+            ]
+        )
         record(
             tenant=request.tenant_id,
             actor=actor,
-            action=f"approval.overdue_{rule}",
+            action=f"approval.overdue_{rung}",
             obj=request,
             run_id=request.run_id,
             step_id=request.step_id,
-            data={"due_at": request.due_at, "rule": rule},
+            data=data,
         )
-        if rule == ApprovalPolicy.OnTimeout.REMIND:
-            notify_reviewers_after_commit(request, reminder=True)
-        elif rule == ApprovalPolicy.OnTimeout.ESCALATE:
-            Escalation.objects.create(
-                tenant_id=request.tenant_id,
-                run=request.run,
-                step=request.step,
-                kind=Escalation.Kind.APPROVAL_OVERDUE,
-                reason=(
-                    f"Approval #{request.pk} was not decided by its due time ({request.due_at})."
-                ),
-            )
-        else:
+        if rung == "reject":
             _close(request, ApprovalRequest.Status.REJECTED)
             desk_services.reject_parked_step(
                 step=request.step, actor=actor, reason="Not decided by its due time."
             )
-    return rule
+    return rung
 
 
-def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: bool = False) -> None:
-    """E-mail the tenant's reviewers about a request once the transaction commits."""
+def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: int = 0) -> None:
+    """E-mail the people a request waits for once the transaction commits (`reminder`:
+    which reminder this is; 0 for the first notification)."""
     transaction.on_commit(
         lambda: _enqueue_notification(request.pk, reminder),
         robust=True,  # a broker outage must not fail what already committed (the sweep re-rings)
     )
 
 
-def _enqueue_notification(request_id: int, reminder: bool) -> None:
+def _enqueue_notification(request_id: int, reminder: int) -> None:
     from django_q.tasks import async_task
 
     async_task(
@@ -340,8 +694,37 @@ def _enqueue_notification(request_id: int, reminder: bool) -> None:
     )
 
 
-def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
-    """Send the notification e-mail; returns how many reviewers it went to."""
+def recipients(request: ApprovalRequest) -> list[str]:
+    """Who a request waits for: its assignee (and their delegates), else its group, else
+    every reviewer of the tenant; never someone four eyes bars from deciding it."""
+    people = Membership.objects.filter(
+        tenant_id=request.tenant_id, kind=Membership.Kind.REVIEWER, user__is_active=True
+    )
+    if request.assignee_id:
+        now = timezone.now()
+        delegates = Delegation.objects.filter(
+            tenant_id=request.tenant_id,
+            delegator_id=request.assignee_id,
+            starts_at__lte=now,
+            ends_at__gt=now,
+            revoked_at__isnull=True,
+        ).values("delegate_id")
+        people = people.filter(Q(user_id=request.assignee_id) | Q(user_id__in=delegates))
+    elif request.assigned_group_id:
+        people = people.filter(user__reviewer_groups=request.assigned_group_id)
+    barred = barred_people(request)
+    return sorted(
+        {
+            email
+            for user_id, email in people.values_list("user_id", "user__email")
+            if email and user_id not in barred
+        }
+    )
+
+
+def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
+    """Send the notification (or reminder number `reminder`) once; return how many people
+    it went to."""
     from django.core.mail import send_mail
 
     tenant_id = rls.tenant_of("approvals_approvalrequest", request_id)
@@ -350,27 +733,28 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
     with locking.tracked(), rls.tenant_context(tenant_id):
         request = (
             lock(
-                ApprovalRequest.objects.select_related("tenant", "run__role", "step"),
+                ApprovalRequest.objects.select_related(
+                    "tenant", "run__role", "run__role_version", "run__api_key", "step"
+                ),
                 Level.APPROVAL,
                 of=("self",),
             )
             .filter(pk=request_id, status=ApprovalRequest.Status.PENDING)
             .first()
         )
-        sent_field = "reminder_sent_at" if reminder else "notified_at"
-        if request is None or getattr(request, sent_field) is not None:
-            return 0  # decided meanwhile, or this task was delivered twice
-        emails = sorted(
-            {
-                m.user.email
-                for m in Membership.objects.filter(tenant_id=tenant_id, kind="reviewer")
-                .select_related("user")
-                .filter(user__is_active=True)
-                if m.user.email
-            }
-        )
-        setattr(request, sent_field, timezone.now())
-        request.save(update_fields=[sent_field])
+        if request is None:
+            return 0  # decided meanwhile
+        if reminder:
+            if request.reminders_notified >= reminder:
+                return 0  # this task was delivered twice
+            request.reminders_notified = reminder
+            request.save(update_fields=["reminders_notified"])
+        else:
+            if request.notified_at is not None:
+                return 0  # this task was delivered twice
+            request.notified_at = timezone.now()
+            request.save(update_fields=["notified_at"])
+        emails = recipients(request)
         if not emails:
             return 0  # nobody to tell: handled (the queue shows it)
         subject = (
@@ -384,21 +768,3 @@ def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
         )
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
     return len(emails)
-
-
-def delete_policy(*, policy: ApprovalPolicy, actor: Actor) -> None:
-    """Remove an approval policy; its category falls back to the tenant-wide one or to auto."""
-    with locking.atomic():
-        record(
-            tenant=policy.tenant_id,
-            actor=actor,
-            action="policy.deleted",
-            obj=policy,
-            data={
-                "role": policy.role.slug if policy.role_id else None,
-                "category": policy.category,
-                "mode": policy.mode,
-            },
-        )
-        policy._history_user = actor.user
-        policy.delete()

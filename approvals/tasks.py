@@ -3,5 +3,5 @@
 from approvals import services
 
 
-def notify_reviewers(*, request_id: int, reminder: bool = False) -> int:
+def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
     return services.notify_reviewers(request_id=request_id, reminder=reminder)

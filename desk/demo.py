@@ -35,6 +35,12 @@ USERS = {
     ),
     "reviewer.harbor": ("Hana", "Reviewer", [("harbor-legal", "reviewer")]),
     "reviewer.northwind": ("Noah", "Reviewer", [("northwind-accounting", "reviewer")]),
+    "partner.northwind": ("Priya", "Partner", [("northwind-accounting", "reviewer")]),
+    "ops.second": (
+        "Omar",
+        "Second",
+        [("harbor-legal", "operator"), ("northwind-accounting", "operator")],
+    ),
     "auditor": (
         "Ada",
         "Auditor",
@@ -111,7 +117,10 @@ INTAKE_INPUT_SCHEMA = {
 
 DRAFT_SCHEMA = {
     "type": "object",
-    "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
+    "properties": {
+        "subject": {"type": "string", "minLength": 1, "maxLength": 200, "title": "Subject"},
+        "body": {"type": "string", "minLength": 1, "title": "Body"},
+    },
     "required": ["subject", "body"],
     "additionalProperties": False,
 }
@@ -195,7 +204,7 @@ FOLLOW_UP_DEFINITION = {
         {
             "key": "draft",
             "kind": "llm",
-            "category": "client_comms",
+            "category": "internal",
             "reason": "Draft the follow-up the client will receive",
             "prompt": (
                 "Draft a follow-up e-mail after a meeting.\n"
@@ -208,10 +217,10 @@ FOLLOW_UP_DEFINITION = {
             "output_schema": DRAFT_SCHEMA,
         },
         {
+            # A gated tool call: the reviewer approves (or edits) the exact e-mail.
             "key": "send",
             "kind": "tool",
             "category": "client_comms",
-            "covered_by": "draft",
             "tool": "email.send",
             "args": {
                 "to": "{{ input.client_email }}",
@@ -325,10 +334,14 @@ ROLES = [
 ]
 
 POLICIES = [
-    # (category, required approvals, due minutes, on timeout)
-    ("client_comms", 1, 240, ApprovalPolicy.OnTimeout.REMIND),
-    ("financial", 2, 1440, ApprovalPolicy.OnTimeout.ESCALATE),
-    ("scope_commitment", 1, 480, ApprovalPolicy.OnTimeout.ESCALATE),
+    # (category, mode, required approvals, due minutes, reminders, final action). Every
+    # category has a tenant-wide policy: one without would be gated (fail closed).
+    ("internal", ApprovalPolicy.Mode.AUTO, 1, 240, 2, ApprovalPolicy.FinalAction.HOLD),
+    ("data_access", ApprovalPolicy.Mode.AUTO, 1, 240, 2, ApprovalPolicy.FinalAction.HOLD),
+    ("scheduling", ApprovalPolicy.Mode.REVIEW, 1, 240, 2, ApprovalPolicy.FinalAction.HOLD),
+    ("client_comms", ApprovalPolicy.Mode.REVIEW, 1, 240, 2, ApprovalPolicy.FinalAction.HOLD),
+    ("financial", ApprovalPolicy.Mode.REVIEW, 2, 1440, 0, ApprovalPolicy.FinalAction.HOLD),
+    ("scope_commitment", ApprovalPolicy.Mode.REVIEW, 1, 480, 0, ApprovalPolicy.FinalAction.HOLD),
 ]
 
 
@@ -406,19 +419,40 @@ def seed_demo(*, stdout=None) -> dict[str, int]:
                 publish_role_version(version=version, actor=system)
                 created["roles"] += 1
         for tenant in tenants.values():
-            for category, required, due, on_timeout in POLICIES:
+            for category, mode, required, due, reminders, final in POLICIES:
                 _, was_created = ApprovalPolicy.objects.get_or_create(
                     tenant=tenant,
                     role=None,
                     category=category,
                     defaults={
-                        "mode": ApprovalPolicy.Mode.REVIEW,
+                        "mode": mode,
                         "required_approvals": required,
                         "due_minutes": due,
-                        "on_timeout": on_timeout,
+                        "max_reminders": reminders,
+                        "final_action": final,
                     },
                 )
                 created["policies"] += was_created
+        _seed_quorum_groups(tenants["northwind-accounting"], created)
         if any(created.values()):
             record(tenant=None, actor=system, action="platform.seed_demo", data=created)
     return created
+
+
+def _seed_quorum_groups(tenant: Tenant, created: dict[str, int]) -> None:
+    """Northwind's statements need one partner and one other reviewer (distinct groups)."""
+    from approvals.models import GroupMember, ReviewerGroup
+
+    User = get_user_model()
+    for name, usernames in (
+        ("Partners", ["partner.northwind"]),
+        ("Reviewers", ["reviewer.northwind", "ops"]),
+    ):
+        group, was_created = ReviewerGroup.objects.get_or_create(tenant=tenant, name=name)
+        if was_created:
+            created["policies"] += 1
+            for user in User.objects.filter(username__in=usernames):
+                GroupMember.objects.create(tenant=tenant, group=group, user=user)
+    policy = ApprovalPolicy.objects.get(tenant=tenant, role=None, category="financial")
+    if not policy.approver_groups.exists():
+        policy.approver_groups.set(ReviewerGroup.objects.filter(tenant=tenant))

@@ -124,9 +124,17 @@ def step_definition(run: Run, step: StepRun) -> dict[str, Any]:
 
 def build_context(run: Run, steps: list[StepRun]) -> dict[str, Any]:
     """What templates may refer to: the input, earlier outputs, the tenant and role."""
+    outputs: dict[str, Any] = {}
+    for s in steps:
+        if s.status != StepRun.Status.COMPLETED:
+            continue
+        outputs[s.key] = s.output
+        if s.kind == "review" and isinstance(s.output, dict):
+            # What a reviewer corrected at a checkpoint is what the steps after it read.
+            outputs.update(s.output.get("corrections") or {})
     return {
         "input": run.input,
-        "steps": {s.key: s.output for s in steps if s.status == StepRun.Status.COMPLETED},
+        "steps": outputs,
         "tenant": {"slug": run.tenant.slug, "name": run.tenant.name},
         "role": {"slug": run.role.slug, "name": run.role.name},
         "run": {"id": run.pk},
@@ -240,21 +248,37 @@ def _go_on(run: Run, steps: list[StepRun], *, owner: str, progress: Progress) ->
     return progress
 
 
-def _gate_rule(run: Run, steps: list[StepRun], step: StepRun, step_def) -> GateRule | None:
+def _approval_relied_on(steps: list[StepRun], step: StepRun, step_def) -> StepRun | None:
+    """The step whose approval lets `step` go ahead: itself, or the step covering it."""
     if step.approved_payload is not None:
-        return None
+        return step
     covered_by = step_def.get("covered_by")
-    if covered_by and any(s.key == covered_by and s.approved_payload is not None for s in steps):
-        return None  # the approval of an earlier step covers this one
-    rule = get_gate().rule_for(run=run, step=step)
-    if rule is None and step.kind == "review":
-        # An explicit checkpoint always waits for a person, policy or not.
-        rule = GateRule(
-            required_approvals=1,
-            due_minutes=int(step_def.get("due_minutes", 240)),
-            on_timeout="remind",
-        )
-    return rule
+    return next((s for s in steps if s.key == covered_by and s.approved_payload is not None), None)
+
+
+def _gate_rule(run: Run, steps: list[StepRun], step: StepRun, step_def) -> GateRule | None:
+    """The rule `step` must wait under, or None when it may go ahead now. An approval it
+    relies on is checked again at this moment: one whose quorum no longer holds (a voter is
+    no longer a reviewer) gates the step again."""
+    gate = get_gate()
+    approved = _approval_relied_on(steps, step, step_def)
+    if approved is None:
+        return gate.rule_for(run=run, step=step)
+    if gate.approval_holds(run=run, step=approved):
+        return None
+    record(
+        tenant=run.tenant_id,
+        actor=Actor.system("engine"),
+        action="approval.no_longer_holds",
+        obj=step,
+        run_id=run.pk,
+        step_id=step.pk,
+        reason="An approval this step relied on lost its quorum before the step ran.",
+        data={"key": step.key, "approved_step": approved.key},
+    )
+    return gate.rule_for(run=run, step=step) or GateRule(
+        required_approvals=1, due_minutes=240, details={"source": "approval lost"}
+    )
 
 
 def _render(step: StepRun, step_def, definition, context) -> dict[str, Any]:
@@ -361,7 +385,7 @@ def execute_tool(lease: Lease) -> Outcome:
     )
     allowed_tools = run.role.allowed_tools or []
     try:
-        if allowed_tools and name not in allowed_tools:
+        if name not in allowed_tools:  # an empty allow-list allows nothing
             raise ToolRefused(f"This role may not use the tool '{name}'.", data={"tool": name})
         # Beneath the tool's own filters, row-level security keeps every other tenant's rows
         # out of reach (a savepoint when the step runs inline).

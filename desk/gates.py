@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
@@ -15,15 +15,23 @@ from django.utils.module_loading import import_string
 class GateRule:
     required_approvals: int
     due_minutes: int
-    on_timeout: str
+    # The rest of the policy as the approvals app reads it back (groups, timeout ladder,
+    # rounds, bulk); JSON, snapshotted on the request.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Gate(Protocol):
     def rule_for(self, *, run, step) -> GateRule | None:
-        """The review rule for this step, or None when it may run on its own."""
+        """The review rule for this step, or None when it may run on its own. Fails
+        closed: a category without a policy is gated; a review step always is."""
+
+    def approval_holds(self, *, run, step) -> bool:
+        """Whether the approval `step` went ahead on still has a valid quorum now, checked
+        at the moment of effect (a voter may have lost their authority since)."""
 
     def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
-        """Write the approval request (inside the caller's transaction)."""
+        """Write the approval request (inside the caller's transaction); a redraft of a
+        draft sent back continues its rounds."""
 
     def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
         """Hand a problem to people (inside the caller's transaction)."""

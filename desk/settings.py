@@ -143,6 +143,14 @@ DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
 DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
+# What a step without an approval policy gets (fail closed): one approval, this due time.
+DESK_DEFAULT_APPROVAL = {
+    "required_approvals": 1,
+    "due_minutes": 240,
+    "remind_every_minutes": 60,
+    "max_reminders": 2,
+    "max_rounds": 3,
+}
 
 # --- django-q2 -------------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ def create_role_version(
 
     Raises ValidationError when the definition is invalid.
     """
-    validate_definition(definition, allowed_tools=role.allowed_tools or None)
+    validate_definition(definition, allowed_tools=list(role.allowed_tools or []))
     with locking.atomic():
         lock(Role.objects.filter(pk=role.pk), Level.ROW).first()
         last = role.versions.aggregate(last=Max("number"))["last"] or 0
@@ -147,7 +147,9 @@ def publish_role_version(
         if actor.user is not None and version.created_by_id == actor.user.pk:
             # Four eyes: whoever wrote a version does not put it in front of clients alone.
             raise ValidationError("Another operator must publish the version you wrote.")
-        validate_definition(version.definition, allowed_tools=version.role.allowed_tools or None)
+        validate_definition(
+            version.definition, allowed_tools=list(version.role.allowed_tools or [])
+        )
         version.status = RoleVersion.Status.PUBLISHED
         version.published_by = actor.user
         version.published_at = timezone.now()

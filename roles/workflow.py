@@ -39,6 +39,15 @@ CATEGORIES = (
     "financial",
     "scheduling",
 )
+# How strict a category is: a tool's step may carry its tool's category or a stricter one.
+CATEGORY_RANK = {
+    "internal": 0,
+    "data_access": 1,
+    "scheduling": 1,
+    "client_comms": 2,
+    "scope_commitment": 2,
+    "financial": 2,
+}
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 SINGLE_EXPRESSION = re.compile(r"^\{\{(.*)\}\}$", re.DOTALL)
 MODEL_SETTINGS = {"name", "temperature", "max_tokens", "timeout_seconds", "max_attempts"}
@@ -106,6 +115,17 @@ def schema_errors(schema: dict, instance: Any) -> list[dict[str, str]]:
 
 def tool_registry() -> dict[str, str]:
     return settings.DESK_TOOLS
+
+
+def tool_category(tool: str) -> str:
+    """The least strict category a step calling `tool` may have (internal if unknown)."""
+    path = tool_registry().get(tool)
+    return getattr(import_string(path), "category", "internal") if path else "internal"
+
+
+def at_least(category: str, least: str) -> bool:
+    """Whether `category` is `least` or stricter than it."""
+    return category == least or CATEGORY_RANK.get(category, -1) > CATEGORY_RANK.get(least, 3)
 
 
 def _check_template(text: Any, *, where: str, errors: list[str]) -> None:
@@ -193,6 +213,12 @@ def validate_definition(definition: Any, *, allowed_tools: list[str] | None = No
             else:
                 if allowed_tools is not None and tool not in allowed_tools:
                     errors.append(f"{where}: the role is not allowed to use '{tool}'.")
+                least = tool_category(tool)
+                if category in CATEGORY_RANK and not at_least(category, least):
+                    errors.append(
+                        f"{where}: '{tool}' runs as '{least}' at least; "
+                        f"the label '{category}' is weaker."
+                    )
                 args = step.get("args", {})
                 if not isinstance(args, dict):
                     errors.append(f"{where}: 'args' must be an object.")

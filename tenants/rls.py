@@ -45,6 +45,10 @@ TENANT_TABLES = [
     ("approvals_approvalrequest", "tenant_id"),
     ("approvals_decision", "tenant_id"),
     ("approvals_escalation", "tenant_id"),
+    ("approvals_reviewergroup", "tenant_id"),
+    ("approvals_groupmember", "tenant_id"),
+    ("approvals_delegation", "tenant_id"),
+    ("approvals_policychange", "tenant_id"),
     ("audit_auditchain", "tenant_id"),
     ("audit_auditevent", "tenant_id"),
 ]

@@ -24,16 +24,28 @@ def _locked_parked_step(step: StepRun) -> tuple[Run, list[StepRun], StepRun]:
 def resume_approved_step(*, step: StepRun, payload: dict[str, Any], actor: Actor) -> Run:
     """Let a parked step go on with what reviewers approved, and wake the run."""
     run, steps, step = _locked_parked_step(step)
-    step.approved_payload = payload
     run.move("resume")
     run.save(update_fields=["status", "updated_at"])
     if step.kind == "tool":
-        step.move("approve")  # the approved call runs next
+        # Exactly the approved arguments run next, not a fresh rendering of the template.
+        step.approved_payload = payload["args"]
+        step.move("approve")
         step.ready_at = timezone.now()
         step.save(update_fields=["approved_payload", "status", "ready_at"])
     else:
+        step.approved_payload = payload
         step.move("accept")
-        step.output = payload.get("draft", payload) if step.kind == "llm" else {"approved": True}
+        if step.kind == "llm":
+            step.output = payload["draft"]
+        else:
+            # A checkpoint's corrections are what the steps after it read.
+            original = step.rendered.get("outputs") or {}
+            corrected = {
+                key: value
+                for key, value in (payload.get("outputs") or {}).items()
+                if original.get(key) != value
+            }
+            step.output = {"approved": True, **({"corrections": corrected} if corrected else {})}
         step.finished_at = timezone.now()
         step.save(update_fields=["approved_payload", "status", "output", "finished_at"])
     record(

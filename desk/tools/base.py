@@ -56,25 +56,35 @@ class ToolContext:
         Raises ToolRefused for a kind the role may not read.
         """
         allowed = self.allowed_data_kinds
-        if kind is not None and allowed and kind not in allowed:
+        if not allowed:
+            # An empty allow-list allows nothing.
+            raise ToolRefused(
+                "This role may not read any records: its allowed data kinds are empty.",
+                data={"kind": kind, "allowed": []},
+            )
+        if kind is not None and kind not in allowed:
             raise ToolRefused(
                 f"This role may not read '{kind}' records.",
                 data={"kind": kind, "allowed": allowed},
             )
         queryset = scope_to_tenant(ClientRecord.objects.all(), self.tenant)
         if kind is not None:
-            queryset = queryset.filter(kind=kind)
-        elif allowed:
-            queryset = queryset.filter(kind__in=allowed)
-        return queryset
+            return queryset.filter(kind=kind)
+        return queryset.filter(kind__in=allowed)
 
 
 class Tool(ABC):
-    """A callable capability. Subclasses set `name`, `required_args` and implement `run`."""
+    """A callable capability. Subclasses set `name`, `required_args`, `category` and
+    `args_schema` and implement `run`."""
 
     name = ""
     description = ""
     required_args: tuple[str, ...] = ()
+    # The least strict category a step calling this tool may be labelled with: a step that
+    # sends client e-mail is client communication, whatever its author calls it.
+    category = "internal"
+    # JSON Schema of the arguments: a reviewer's edit of a gated call is checked against it.
+    args_schema: dict[str, Any] = {"type": "object"}
     has_side_effects = False
     # Quick database work: executed inside the step's leasing transaction. A tool that
     # waits on the network sets this False and runs outside any transaction, under a lease.

@@ -12,6 +12,17 @@ class EmailSend(Tool):
     name = "email.send"
     description = "Send an e-mail through the outbox (delivered once, after the step commits)."
     required_args = ("to", "subject", "body")
+    category = "client_comms"
+    args_schema = {
+        "type": "object",
+        "properties": {
+            "to": {"type": "string", "format": "email", "title": "To"},
+            "subject": {"type": "string", "minLength": 1, "maxLength": 200, "title": "Subject"},
+            "body": {"type": "string", "minLength": 1, "title": "Body"},
+        },
+        "required": ["to", "subject", "body"],
+        "additionalProperties": False,
+    }
     has_side_effects = True
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:

@@ -21,6 +21,16 @@ class RecordsSearch(Tool):
     name = "records.search"
     description = "Find the tenant's client records by e-mail address and/or text."
     required_args = ()
+    category = "data_access"
+    args_schema = {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string", "title": "E-mail"},
+            "query": {"type": "string", "title": "Name contains"},
+            "kind": {"type": ["string", "null"], "title": "Kind"},
+        },
+        "additionalProperties": False,
+    }
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         email = str(args.get("email") or "").strip()
@@ -48,6 +58,19 @@ class RecordsGet(Tool):
     name = "records.get"
     description = "Read the tenant's client records by reference."
     required_args = ("references",)
+    category = "data_access"
+    args_schema = {
+        "type": "object",
+        "properties": {
+            "references": {
+                "type": ["array", "string"],
+                "items": {"type": "string"},
+                "title": "References",
+            },
+        },
+        "required": ["references"],
+        "additionalProperties": False,
+    }
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         references = args.get("references")

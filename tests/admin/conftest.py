@@ -146,6 +146,17 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
             actor=Actor.for_user(users["ops"]),
             role_slugs=["intake-coordinator"],
         )
+        from approvals.models import ApprovalPolicy
+        from approvals.services import policy_values, propose_policy_change
+
+        policy = ApprovalPolicy.objects.get(tenant=tenant, role=None, category="client_comms")
+        propose_policy_change(
+            tenant=tenant,
+            actor=Actor.for_user(users["ops"]),
+            values={**policy_values(policy), "required_approvals": 2},
+            policy=policy,
+            reason="Two for client e-mail",
+        )
         worlds[tenant.slug] = (done, waiting)
     open_break_glass(
         user=make_platform_staff("sre.world"), tenant=harbor, reason=BREAK_GLASS_REASON

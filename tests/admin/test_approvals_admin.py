@@ -8,7 +8,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.gate import ApprovalGate
-from approvals.models import ApprovalPolicy, Escalation
+from approvals.models import ApprovalPolicy, Escalation, PolicyChange
+from approvals.services import DecisionError
 from audit.models import AuditEvent
 from audit.services import Actor
 from desk.models import Run
@@ -28,7 +29,10 @@ def policy_data(tenant, role, **overrides) -> dict:
         "mode": "review",
         "required_approvals": 2,
         "due_minutes": 60,
-        "on_timeout": "escalate",
+        "remind_every_minutes": 30,
+        "max_reminders": 1,
+        "final_action": "hold",
+        "max_rounds": 3,
         **overrides,
     }
 
@@ -47,15 +51,54 @@ def test_a_policy_for_a_role_of_another_tenant_is_refused(client, users, harbor,
     assert ApprovalPolicy.objects.count() == count
 
 
-def test_an_operator_adds_a_policy_with_history(client, users, harbor, intake_role):
+def apply_change(client, user, change):
+    client.force_login(user)
+    return client.post(
+        reverse("admin:approvals_policychange_changelist"),
+        {
+            "action": "apply_changes",
+            "_selected_action": [change.pk],
+            "confirm": "yes",
+            "reason": "Checked with the partners.",
+        },
+    )
+
+
+def test_an_operator_proposes_a_policy_and_a_second_operator_applies_it(
+    client, users, harbor, intake_role
+):
     client.force_login(users["ops"])
 
     response = client.post(POLICY_ADD, policy_data(harbor, intake_role))
 
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=intake_role, category="scheduling")
+    change = PolicyChange.objects.get()
     assert response.status_code == 302
-    assert (policy.required_approvals, policy.on_timeout) == (2, "escalate")
-    assert policy.history.get().history_user == users["ops"]
+    assert not ApprovalPolicy.objects.filter(role=intake_role, category="scheduling").exists()
+    assert change.status == PolicyChange.Status.PENDING
+    assert change.after["required_approvals"] == 2
+
+    mine = apply_change(client, users["ops"], change)  # the proposer may not apply it
+    change.refresh_from_db()
+    assert mine.status_code == 302
+    assert change.status == PolicyChange.Status.PENDING
+    assert not ApprovalPolicy.objects.filter(role=intake_role, category="scheduling").exists()
+
+    apply_change(client, users["ops.second"], change)
+
+    change.refresh_from_db()
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=intake_role, category="scheduling")
+    assert change.status == PolicyChange.Status.APPLIED
+    assert (policy.required_approvals, policy.max_reminders) == (2, 1)
+    assert policy.history.get().history_user == users["ops.second"]
+    actions = list(
+        AuditEvent.objects.filter(action__startswith="policy.change_")
+        .order_by("seq")
+        .values_list("action", "actor_user__username")
+    )
+    assert actions == [
+        ("policy.change_proposed", "ops"),
+        ("policy.change_applied", "ops.second"),
+    ]
 
 
 def test_a_duplicate_tenant_wide_policy_is_a_form_error(client, users, harbor):
@@ -129,27 +172,67 @@ def test_auditors_see_escalations_but_cannot_resolve(client, users, escalation):
     assert Run.objects.get(pk=escalation.run_id).status == Run.Status.WAITING_APPROVAL
 
 
-def test_policies_are_saved_through_the_service(client, users, harbor, intake_role):
+def test_switching_a_category_to_auto_waits_for_a_second_operator(client, users, harbor):
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
     client.force_login(users["ops"])
 
-    client.post(POLICY_ADD, policy_data(harbor, intake_role))
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=intake_role, category="scheduling")
-    changed = client.post(
+    response = client.post(
         reverse("admin:approvals_approvalpolicy_change", args=[policy.pk]),
-        policy_data(harbor, intake_role, required_approvals=3),
+        policy_data(harbor, None, category="client_comms", mode="auto", required_approvals=1),
     )
 
     policy.refresh_from_db()
-    events = AuditEvent.objects.filter(
-        tenant=harbor, object_type="approvals.ApprovalPolicy", object_id=str(policy.pk)
-    ).order_by("seq")
-    assert changed.status_code == 302
-    assert policy.required_approvals == 3
-    assert [(e.action, e.actor_user) for e in events] == [
-        ("policy.created", users["ops"]),
-        ("policy.updated", users["ops"]),
-    ]
-    assert events.last().data == {"role": "intake-coordinator", "required_approvals": [2, 3]}
+    change = PolicyChange.objects.get()
+    assert response.status_code == 302
+    assert policy.mode == ApprovalPolicy.Mode.REVIEW  # nothing applies yet
+    assert (change.before["mode"], change.after["mode"]) == ("review", "auto")
+    page = client.get(reverse("admin:approvals_policychange_change", args=[change.pk]))
+    assert "desk-changed" in page.content.decode()  # the before/after table marks the change
+
+
+def test_deleting_a_policy_waits_for_a_second_operator(client, users, harbor):
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    client.force_login(users["ops"])
+
+    client.post(reverse("admin:approvals_approvalpolicy_delete", args=[policy.pk]), {"post": "yes"})
+
+    assert ApprovalPolicy.objects.filter(pk=policy.pk).exists()
+    change = PolicyChange.objects.get()
+    assert change.action == PolicyChange.Action.DELETE
+
+    apply_change(client, users["ops.second"], change)
+
+    assert not ApprovalPolicy.objects.filter(pk=policy.pk).exists()
+
+
+def test_a_change_proposed_on_a_policy_changed_since_is_refused(client, users, harbor):
+    from approvals.services import approve_policy_change, propose_policy_change
+
+    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    values = {**change_values(policy), "mode": "auto"}
+    first = propose_policy_change(
+        tenant=harbor, actor=Actor.for_user(users["ops"]), values=values, policy=policy
+    )
+    second = propose_policy_change(
+        tenant=harbor,
+        actor=Actor.for_user(users["ops"]),
+        values={**change_values(policy), "required_approvals": 3},
+        policy=policy,
+    )
+    approve_policy_change(change=second, actor=Actor.for_user(users["ops.second"]))
+
+    with pytest.raises(DecisionError) as caught:
+        approve_policy_change(change=first, actor=Actor.for_user(users["ops.second"]))
+
+    policy.refresh_from_db()
+    assert caught.value.code == "stale"
+    assert (policy.mode, policy.required_approvals) == ("review", 3)
+
+
+def change_values(policy):
+    from approvals.services import policy_values
+
+    return policy_values(policy)
 
 
 @pytest.fixture

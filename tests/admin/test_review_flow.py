@@ -61,7 +61,10 @@ def test_ops_starts_a_run_and_reviewer_approves_its_draft(client, harbor, intake
     assert escape(request.proposal["draft"]["subject"]) in page.content.decode()
     assert 'name="verdict" value="approve"' in page.content.decode()
 
-    response = client.post(review_url(request), {"verdict": "approve", "comment": "Good reply"})
+    response = client.post(
+        review_url(request),
+        {"version": request.version, "verdict": "approve", "comment": "Good reply"},
+    )
 
     assert response.status_code == 302
     assert response["Location"] == QUEUE_URL
@@ -89,7 +92,9 @@ def test_rejecting_without_a_reason_changes_nothing_and_says_why(client, parked_
     events_before = AuditEvent.objects.count()
     client.force_login(users["reviewer.harbor"])
 
-    response = client.post(review_url(request), {"verdict": "reject", "comment": "  "})
+    response = client.post(
+        review_url(request), {"version": request.version, "verdict": "reject", "comment": "  "}
+    )
 
     assert response.status_code == 200
     assert "Say why: a reason is required to reject or send back." in response.content.decode()
@@ -106,7 +111,8 @@ def test_rejecting_with_a_reason_ends_the_run(client, parked_run, users):
     client.force_login(users["reviewer.harbor"])
 
     response = client.post(
-        review_url(request), {"verdict": "reject", "comment": "We never answer by e-mail."}
+        review_url(request),
+        {"version": 1, "verdict": "reject", "comment": "We never answer by e-mail."},
     )
 
     assert response.status_code == 302
@@ -120,32 +126,80 @@ def test_rejecting_with_a_reason_ends_the_run(client, parked_run, users):
 
 def test_edit_and_approve_sends_the_edited_draft(client, parked_run, users):
     request = ApprovalRequest.objects.get(run=parked_run)
-    edited = {"draft": {"subject": "Re: Lease question", "body": "Dear Maya,\nYes.\nHarbor"}}
+    edited = {"subject": "Re: Lease question", "body": "Dear Maya,\nYes.\nHarbor"}
     client.force_login(users["reviewer.harbor"])
 
     response = client.post(
-        review_url(request), {"verdict": "edit", "edited_payload": json.dumps(edited)}
+        review_url(request),
+        {
+            "version": 1,
+            "verdict": "edit",
+            "field__subject": edited["subject"],
+            "field__body": edited["body"],
+        },
     )
     advance(parked_run.pk)
 
     assert response.status_code == 302
     decision = Decision.objects.get(request=request)
     assert decision.verdict == Decision.Verdict.EDIT
-    assert decision.edited_payload == edited
+    assert decision.edited_payload == {"draft": edited}
     assert OutboxMessage.objects.get(run=parked_run).payload["body"] == "Dear Maya,\nYes.\nHarbor"
 
 
-def test_edit_with_invalid_json_shows_the_error_and_changes_nothing(client, parked_run, users):
+def test_an_edit_without_its_subject_is_a_form_error_and_changes_nothing(client, parked_run, users):
     request = ApprovalRequest.objects.get(run=parked_run)
+    events_before = AuditEvent.objects.count()
     client.force_login(users["reviewer.harbor"])
 
-    response = client.post(review_url(request), {"verdict": "edit", "edited_payload": "{oops"})
+    response = client.post(
+        review_url(request),
+        {"version": 1, "verdict": "edit", "field__subject": "", "field__body": "Short."},
+    )
 
     assert response.status_code == 200
-    assert "This is not valid JSON" in response.content.decode()
-    assert "{oops" in response.content.decode()
+    errors = response.context["review_form"].errors
+    assert "field__subject" in errors
+    assert "Short." in response.content.decode()  # what the reviewer typed is kept
     request.refresh_from_db()
     assert request.status == ApprovalRequest.Status.PENDING
+    assert request.version == 1
+    assert Decision.objects.count() == 0
+    assert AuditEvent.objects.count() == events_before
+
+
+def test_typing_an_edit_and_pressing_approve_is_refused_not_dropped(client, parked_run, users):
+    request = ApprovalRequest.objects.get(run=parked_run)
+    original = request.proposal["draft"]["body"]
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.post(
+        review_url(request),
+        {
+            "version": 1,
+            "verdict": "approve",
+            "field__subject": request.proposal["draft"]["subject"],
+            "field__body": original + " And one more thing.",
+        },
+    )
+
+    assert response.status_code == 200
+    assert "You changed the proposal" in response.content.decode()
+    assert "And one more thing." in response.content.decode()
+    request.refresh_from_db()
+    assert request.status == ApprovalRequest.Status.PENDING
+    assert Decision.objects.count() == 0
+
+
+def test_a_decision_on_a_version_edited_meanwhile_is_refused(client, parked_run, users):
+    request = ApprovalRequest.objects.get(run=parked_run)
+    ApprovalRequest.objects.filter(pk=request.pk).update(version=2)
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.post(review_url(request), {"version": 1, "verdict": "approve"})
+
+    assert response.status_code == 200
+    assert "edited since you opened it" in response.content.decode()
     assert Decision.objects.count() == 0
 
 
@@ -154,7 +208,7 @@ def test_send_back_for_revision_returns_the_step(client, parked_run, users):
     client.force_login(users["reviewer.harbor"])
 
     response = client.post(
-        review_url(request), {"verdict": "revise", "comment": "Offer two dates."}
+        review_url(request), {"version": 1, "verdict": "revise", "comment": "Offer two dates."}
     )
 
     assert response.status_code == 302
@@ -170,7 +224,7 @@ def test_only_the_tenants_reviewers_may_decide(client, parked_run, users, userna
     client.force_login(users[username])
 
     page = client.get(review_url(request))
-    response = client.post(review_url(request), {"verdict": "approve"})
+    response = client.post(review_url(request), {"version": request.version, "verdict": "approve"})
 
     request.refresh_from_db()
     assert request.status == ApprovalRequest.Status.PENDING
@@ -189,7 +243,7 @@ def test_the_queue_opens_on_pending_requests(client, parked_run, users):
     done = parked(parked_run.tenant, users["ops"])
     decided = ApprovalRequest.objects.get(run=done)
     client.force_login(users["reviewer.harbor"])
-    client.post(review_url(decided), {"verdict": "reject", "comment": "No"})
+    client.post(review_url(decided), {"version": 1, "verdict": "reject", "comment": "No"})
 
     default = client.get(QUEUE_URL)
     everything = client.get(QUEUE_URL, {"status": "all"})

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.utils import timezone
 
@@ -166,6 +167,10 @@ class TestTwoApprovals:
         assert run.status == Run.Status.WAITING_APPROVAL
 
         decide(request=request, reviewer=users["ops"], verdict="approve")
+        request.refresh_from_db()
+        assert request.status == ApprovalRequest.Status.PENDING  # both are Reviewers, no partner
+
+        decide(request=request, reviewer=users["partner.northwind"], verdict="approve")
         advance(run.pk)
 
         run.refresh_from_db()
@@ -237,6 +242,9 @@ class TestFailures:
         assert "RuntimeError: database went away" in steps(run)["lookup"].error
 
 
+User = get_user_model()
+
+
 class TestToolBoundaries:
     def _role_with(self, tenant, *, slug, steps_def, allowed_tools, data_kinds=()):
         from roles.services import create_role
@@ -247,6 +255,7 @@ class TestToolBoundaries:
             name=slug,
             actor=Actor.system("tests"),
             input_schema={"type": "object"},
+            allowed_tools=[s["tool"] for s in steps_def],
             allowed_data_kinds=list(data_kinds),
         )
         version = create_role_version(
@@ -267,12 +276,13 @@ class TestToolBoundaries:
                 {
                     "key": "peek",
                     "kind": "tool",
-                    "category": "internal",
+                    "category": "data_access",
                     "tool": "records.get",
                     "args": {"references": ["C-1001", "C-2001"]},
                 }
             ],
-            allowed_tools=[],
+            allowed_tools=["records.get"],
+            data_kinds=["contact", "matter", "ledger"],
         )
         run = start_run(
             tenant=northwind, role=role, input={}, actor=Actor.system("tests"), via="command"
@@ -295,7 +305,7 @@ class TestToolBoundaries:
                 {
                     "key": "mail",
                     "kind": "tool",
-                    "category": "internal",
+                    "category": "client_comms",
                     "tool": "email.send",
                     "args": {"to": "a@example.com", "subject": "s", "body": "b"},
                 }
@@ -304,6 +314,12 @@ class TestToolBoundaries:
         )
         run = start_run(
             tenant=harbor, role=role, input={}, actor=Actor.system("tests"), via="command"
+        )
+        advance(run.pk)  # the call is gated first: even approved, it must be refused
+        decide(
+            request=ApprovalRequest.objects.get(run=run),
+            reviewer=User.objects.get(username="reviewer.harbor"),
+            verdict="approve",
         )
 
         advance(run.pk)
@@ -322,12 +338,12 @@ class TestToolBoundaries:
                 {
                     "key": "peek",
                     "kind": "tool",
-                    "category": "internal",
+                    "category": "data_access",
                     "tool": "records.search",
                     "args": {"query": "a", "kind": "matter"},
                 }
             ],
-            allowed_tools=[],
+            allowed_tools=["records.search"],
             data_kinds=["contact"],
         )
         run = start_run(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from desk.demo import USERS
 from tests.e2e.support import (
     free_port,
     kill_tagged,
@@ -121,7 +122,7 @@ def test_serves_the_admin_and_stops_both_children_cleanly(start_serve_all, tmp_p
     assert set(pids) == {"web server", "worker"}
     out = server.stdout
     assert f"http://127.0.0.1:{server.port}/admin/" in out
-    assert "ops, reviewer.harbor, reviewer.northwind, auditor" in out
+    assert ", ".join(USERS) in out
     assert "password 'agentdesk-demo'" in out
     assert "Database:  SQLite " in out
     assert "Broker:    Django ORM (database 'default')" in out

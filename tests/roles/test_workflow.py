@@ -69,7 +69,7 @@ def test_a_tool_the_role_may_not_use_is_refused():
     step = {
         "key": "t",
         "kind": "tool",
-        "category": "internal",
+        "category": "data_access",
         "tool": "records.search",
         "args": {"email": "x"},
     }
