@@ -143,6 +143,10 @@ DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
 DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
+# Who hands each outbox channel's messages over (desk.services.outbox): channel -> handler.
+DESK_OUTBOX_CHANNELS = {
+    "email": "desk.services.outbox.send_email",
+}
 
 # --- django-q2 -------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ TENANT_TABLES = [
     ("desk_run", "tenant_id"),
     ("desk_steprun", "tenant_id"),
     ("desk_outboxmessage", "tenant_id"),
+    ("desk_outboxattempt", "tenant_id"),
     ("desk_tenantusage", "tenant_id"),
     ("approvals_approvalpolicy", "tenant_id"),
     ("approvals_historicalapprovalpolicy", "tenant_id"),
