@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "desk.apps.DeskConfig",
     "approvals",
     "audit",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -143,10 +144,19 @@ DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
 DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
+# Where desk announces what happened to runs (desk.events); webhooks implements it.
+DESK_EVENT_SINK = "webhooks.services.emit"
 # Who hands each outbox channel's messages over (desk.services.outbox): channel -> handler.
 DESK_OUTBOX_CHANNELS = {
     "email": "desk.services.outbox.send_email",
+    "webhook": "webhooks.delivery.send",
 }
+# Webhooks: how long a receiver may take to connect, and then to answer (seconds each).
+DESK_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("DESK_WEBHOOK_TIMEOUT_SECONDS", "10"))
+# Plain http:// endpoints and receivers on private or loopback addresses: for development
+# and tests only (in production an endpoint is https on the public internet).
+DESK_WEBHOOK_ALLOW_HTTP = env_bool("DESK_WEBHOOK_ALLOW_HTTP", DEBUG)
+DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS", DEBUG)
 
 # --- django-q2 -------------------------------------------------------------------------
 

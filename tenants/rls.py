@@ -48,6 +48,8 @@ TENANT_TABLES = [
     ("approvals_escalation", "tenant_id"),
     ("audit_auditchain", "tenant_id"),
     ("audit_auditevent", "tenant_id"),
+    ("webhooks_webhookendpoint", "tenant_id"),
+    ("webhooks_historicalwebhookendpoint", "tenant_id"),
 ]
 # Extra ways a row may be seen, for lookups that happen before the tenant is known:
 # a user's own memberships (to find their tenants) and a key by its prefix (to find its tenant).
