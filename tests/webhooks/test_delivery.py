@@ -82,7 +82,7 @@ def test_a_completed_run_arrives_signed_through_the_outbox(
 
 
 def test_a_failed_step_announces_the_failed_run_and_its_escalation(
-    endpoint, receiver, start_intake, doorbells, monkeypatch
+    endpoint, receiver, start_intake, users, doorbells, monkeypatch
 ):
     from desk.tools.email import EmailSend
 
@@ -93,14 +93,10 @@ def test_a_failed_step_announces_the_failed_run_and_its_escalation(
     with doorbells.commit():
         run = start_intake()
         advance(run)
-    request = ApprovalRequest.objects.get(run=run)
     with doorbells.commit():
-        from approvals.services import decide as decide_now
-        from django.contrib.auth import get_user_model
-
-        decide_now(
-            request=request,
-            reviewer=get_user_model().objects.get(username="reviewer.harbor"),
+        decide(
+            request=ApprovalRequest.objects.get(run=run),
+            reviewer=users["reviewer.harbor"],
             verdict="approve",
         )
         advance(run)
@@ -145,7 +141,7 @@ def test_a_failing_receiver_is_retried_with_backoff_then_succeeds(
     assert [d.headers["webhook-id"] for d in receiver.deliveries] == [
         message.payload["event_id"]
     ] * 2
-    assert [d.body for d in receiver.deliveries][0] == receiver.deliveries[1].body
+    assert receiver.deliveries[0].body == receiver.deliveries[1].body  # the same bytes
     failed = AuditEvent.objects.get(action="outbox.failed", object_id=str(message.pk))
     assert failed.data["attempts"] == 1
 
@@ -221,9 +217,7 @@ def test_a_tampered_body_fails_verification_at_the_receiver(endpoint, receiver, 
     assert message.delivery_attempts.get().status_code == 400
 
 
-def test_a_rotated_secret_signs_from_then_on_retries_included(
-    endpoint, receiver, users, doorbells
-):
+def test_a_rotated_secret_signs_from_then_on_retries_included(endpoint, receiver, users, doorbells):
     old_secret = receiver.secret
     receiver.script(503)
     with doorbells.commit():
@@ -324,9 +318,7 @@ def test_every_email_attempt_is_recorded_too(parked_intake, users):
 def test_emit_outside_a_subscription_writes_nothing(endpoint, harbor, start_intake):
     run = start_intake()
 
-    written = emit(
-        tenant_id=harbor.pk, event_type="no.such.event", data={}, run=run, step=None
-    )
+    written = emit(tenant_id=harbor.pk, event_type="no.such.event", data={}, run=run, step=None)
 
     assert written == []
     assert not webhook_messages().exists()
