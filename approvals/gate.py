@@ -13,6 +13,7 @@ from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation
 from approvals.selectors import quorum_holds
 from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
+from desk import events
 from desk.gates import GateRule
 from roles.workflow import CATEGORY_RANK, tool_category
 from tenants import locking
@@ -173,6 +174,17 @@ class ApprovalGate:
                 "due_at": request.due_at,
             },
         )
+        events.publish(
+            run=run,
+            step=step,
+            event_type="approval.requested",
+            data={
+                "approval_request_id": request.pk,
+                "category": step.category,
+                "required_approvals": rule.required_approvals,
+                "due_at": request.due_at,
+            },
+        )
         notify_reviewers_after_commit(request)
 
     def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
@@ -188,6 +200,12 @@ class ApprovalGate:
             step_id=step.pk if step else None,
             reason=reason,
             data={"kind": kind},
+        )
+        events.publish(
+            run=run,
+            step=step,
+            event_type="escalation.opened",
+            data={"escalation_id": escalation.pk, "kind": kind, "reason": reason},
         )
 
     def cancel_open(self, *, run, reason: str) -> None:

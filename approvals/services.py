@@ -32,6 +32,7 @@ from approvals.permissions import (
 )
 from approvals.selectors import quorum_holds
 from audit.services import Actor, record
+from desk import events
 from desk import services as desk_services
 from tenants import locking, rls
 from tenants.locking import Level, lock
@@ -189,6 +190,12 @@ def decide(
                 "via": via,
             },
         )
+        events.publish(
+            run=request.run,
+            step=request.step,
+            event_type="approval.decided",
+            data={"request": request.pk, "verdict": verdict, "version": request.version},
+        )
         if verdict in (Decision.Verdict.APPROVE, Decision.Verdict.EDIT):
             if quorum_holds(request):
                 _close(request, ApprovalRequest.Status.APPROVED)
@@ -236,6 +243,12 @@ def _open_escalation(request: ApprovalRequest, *, kind: str, reason: str) -> Esc
         step_id=request.step_id,
         reason=reason,
         data={"kind": kind, "request": request.pk},
+    )
+    events.publish(
+        run=request.run,
+        step=request.step,
+        event_type="escalation.opened",
+        data={"escalation": escalation.pk, "kind": kind, "reason": reason},
     )
     return escalation
 

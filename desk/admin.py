@@ -22,7 +22,7 @@ from audit.services import Actor
 from desk import health
 from desk.engine import step_definition
 from desk.forms import StartRunForm
-from desk.models import ModelPrice, OutboxMessage, Run, Sweep, WorkerHeartbeat
+from desk.models import ModelPrice, OutboxAttempt, OutboxMessage, Run, Sweep, WorkerHeartbeat
 from desk.selectors import SERVICE_LEVELS, run_audit_events, run_steps, runs_at_service_level
 from desk.services import (
     RunError,
@@ -33,6 +33,7 @@ from desk.services import (
     sla_state,
     start_run,
 )
+from desk.services.outbox import next_attempt_at
 from roles.models import Role
 from tenants.admin_scoping import (
     TenantScopedAdmin,
@@ -290,14 +291,39 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         )
 
 
+class OutboxAttemptInline(TenantScopedAdmin, admin.TabularInline):
+    """Every hand-over of the message: when, how it ended, what the receiver answered."""
+
+    model = OutboxAttempt
+    view_access = "audit"
+    add_access = change_access = delete_access = None
+    extra = 0
+    can_delete = False
+    ordering = ("number",)
+    fields = (
+        "number",
+        "started_at",
+        "finished_at",
+        "succeeded",
+        "status_code",
+        "error",
+        "response_excerpt",
+        "worker",
+    )
+    readonly_fields = fields
+    verbose_name = "delivery attempt"
+
+
 @admin.register(OutboxMessage)
 class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
     """Side effects waiting to go out, sent, failed, or uncertain (the worker handing one to
-    the mail server died before it could record the outcome: a person checks and decides)."""
+    the mail server died before it could record the outcome: a person checks and decides);
+    every attempt at handing each over, below it."""
 
     view_access = "audit"
     add_access = change_access = delete_access = None
     actions = ("mark_delivered", "send_again")
+    inlines = (OutboxAttemptInline,)
     list_display = (
         "__str__",
         "tenant",
@@ -328,21 +354,28 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "created_at",
         "sending_at",
         "sending_by",
+        "next_attempt",
         "sent_at",
     )
     readonly_fields = fields
 
     @admin.display(description="step")
     def step_key(self, obj):
-        return obj.step.key
+        return obj.step.key if obj.step_id else "—"
 
     @admin.display(description="to")
     def recipient(self, obj):
+        if "endpoint_id" in obj.payload:
+            return f"webhook endpoint #{obj.payload['endpoint_id']}"
         return obj.payload.get("to", "")
 
     @admin.display(description="subject")
     def subject(self, obj):
-        return obj.payload.get("subject", "")
+        return obj.payload.get("subject") or obj.payload.get("type", "")
+
+    @admin.display(description="next attempt")
+    def next_attempt(self, obj):
+        return next_attempt_at(obj) or "—"
 
     @admin.display(description="payload")
     def payload_pretty(self, obj):
@@ -398,8 +431,8 @@ class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
             verdict="resend",
             action="send_again",
             title="Send messages again",
-            question="You checked that these messages did not arrive; they are handed to the "
-            "mail server again.",
+            question="You checked that these messages did not arrive; they are handed over "
+            "again (to the mail server, or to the webhook receiver).",
             submit="Send again",
             done="queued to be sent again.",
         )

@@ -202,11 +202,13 @@ class StepRun(HasTransitions, models.Model):
 
 
 class OutboxMessage(models.Model):
-    """A side effect to deliver once, keyed by (run, step): retries find the row and stop.
+    """A side effect to deliver, keyed by (run, step) or by what it announces: retries find
+    the row and stop.
 
-    Delivery claims the row (`sending`, committed) before handing the message over, so a
-    worker that dies mid-hand-over leaves it `uncertain` for a person to check, never sent
-    a second time on its own.
+    Delivery claims the row (`sending`, committed) before handing the message over. On a
+    channel delivered at most once (e-mail), a worker that dies mid-hand-over leaves it
+    `uncertain` for a person to check, never sent a second time on its own; a channel
+    whose receivers dedupe (webhooks) hands it over again (desk.services.outbox).
     """
 
     class Status(models.TextChoices):
@@ -217,8 +219,13 @@ class OutboxMessage(models.Model):
         FAILED = "failed", "Failed"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
-    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="outbox")
-    step = models.ForeignKey(StepRun, on_delete=models.PROTECT, related_name="outbox")
+    # Empty for a message no run caused (a webhook endpoint's test event).
+    run = models.ForeignKey(
+        Run, on_delete=models.PROTECT, null=True, blank=True, related_name="outbox"
+    )
+    step = models.ForeignKey(
+        StepRun, on_delete=models.PROTECT, null=True, blank=True, related_name="outbox"
+    )
     idempotency_key = models.CharField(max_length=120, unique=True)
     channel = models.CharField(max_length=40)
     payload = models.JSONField()
@@ -243,6 +250,38 @@ class OutboxMessage(models.Model):
 
     def __str__(self):
         return f"{self.channel} · {self.idempotency_key}"
+
+
+class OutboxAttempt(models.Model):
+    """One hand-over of an outbox message, whatever its channel and outcome: started when
+    the message is claimed, finished when the outcome is recorded. One left unfinished is a
+    hand-over whose worker stopped first."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
+    message = models.ForeignKey(
+        OutboxMessage, on_delete=models.CASCADE, related_name="delivery_attempts"
+    )
+    number = models.PositiveIntegerField()
+    worker = models.CharField(max_length=100, blank=True, help_text="host:pid handing it over.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    succeeded = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The receiver's HTTP status, when it answered."
+    )
+    error = models.TextField(blank=True)
+    response_excerpt = models.TextField(blank=True, help_text="The start of the receiver's answer.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "number"], name="outboxattempt_unique_message_number"
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "started_at"])]
+
+    def __str__(self):
+        return f"attempt {self.number} of {self.message_id}"
 
 
 class ModelPrice(models.Model):

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "desk.apps.DeskConfig",
     "approvals",
     "audit",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -151,6 +152,19 @@ DESK_DEFAULT_APPROVAL = {
     "max_reminders": 2,
     "max_rounds": 3,
 }
+# Where desk announces what happened to runs (desk.events); webhooks implements it.
+DESK_EVENT_SINK = "webhooks.services.emit"
+# Who hands each outbox channel's messages over (desk.services.outbox): channel -> handler.
+DESK_OUTBOX_CHANNELS = {
+    "email": "desk.services.outbox.send_email",
+    "webhook": "webhooks.delivery.send",
+}
+# Webhooks: how long a receiver may take to connect, and then to answer (seconds each).
+DESK_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("DESK_WEBHOOK_TIMEOUT_SECONDS", "10"))
+# Plain http:// endpoints and receivers on private or loopback addresses: for development
+# and tests only (in production an endpoint is https on the public internet).
+DESK_WEBHOOK_ALLOW_HTTP = env_bool("DESK_WEBHOOK_ALLOW_HTTP", DEBUG)
+DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS", DEBUG)
 
 # --- django-q2 -------------------------------------------------------------------------
 

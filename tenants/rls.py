@@ -39,6 +39,7 @@ TENANT_TABLES = [
     ("desk_run", "tenant_id"),
     ("desk_steprun", "tenant_id"),
     ("desk_outboxmessage", "tenant_id"),
+    ("desk_outboxattempt", "tenant_id"),
     ("desk_tenantusage", "tenant_id"),
     ("approvals_approvalpolicy", "tenant_id"),
     ("approvals_historicalapprovalpolicy", "tenant_id"),
@@ -51,6 +52,8 @@ TENANT_TABLES = [
     ("approvals_policychange", "tenant_id"),
     ("audit_auditchain", "tenant_id"),
     ("audit_auditevent", "tenant_id"),
+    ("webhooks_webhookendpoint", "tenant_id"),
+    ("webhooks_historicalwebhookendpoint", "tenant_id"),
 ]
 # Extra ways a row may be seen, for lookups that happen before the tenant is known:
 # a user's own memberships (to find their tenants) and a key by its prefix (to find its tenant).

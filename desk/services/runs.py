@@ -12,7 +12,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from audit.services import Actor, lock_chain, record
-from desk import doorbell
+from desk import doorbell, events
 from desk.gates import GateRule, get_gate
 from desk.models import Run, StepRun
 from roles.models import Role, RoleVersion
@@ -234,6 +234,7 @@ def finish_run(run: Run, verb: str, *, action: str, error: str = "") -> None:
         run_id=run.pk,
         data={"status": run.status, "error": error} if error else {"status": run.status},
     )
+    events.publish(run=run, step=None, event_type=action, data={"error": error} if error else {})
     admit_runs(tenant_id=run.tenant_id)
 
 

@@ -13,7 +13,7 @@ from approvals.gate import ApprovalGate
 from approvals.models import ApprovalRequest
 from approvals.services import decide
 from audit.services import Actor
-from desk.models import Run
+from desk.models import OutboxAttempt, Run
 from desk.services import start_run
 from roles.models import Role
 from roles.services import create_role_version
@@ -26,6 +26,7 @@ from tenants.services import (
 )
 from tests.conftest import INTAKE_INPUT
 from tests.runtime import advance
+from webhooks.services import create_webhook_endpoint
 
 BREAK_GLASS_REASON = "Ticket 4521: client reports a missing reply"
 
@@ -109,10 +110,10 @@ class World:
 
 
 def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
-    """For each tenant: a completed run (decision, outbox message), a run parked at its gate
-    with a pending request, an escalation, a draft role version, an API key; plus the demo's
-    roles, versions, policies, memberships and records. And platform staff's break-glass grant
-    to harbor-legal."""
+    """For each tenant: a completed run (decision, outbox message and its delivery attempt),
+    a run parked at its gate with a pending request, an escalation, a draft role version, an
+    API key, a webhook endpoint; plus the demo's roles, versions, policies, memberships and
+    records. And platform staff's break-glass grant to harbor-legal."""
     worlds = {}
     for tenant, reviewer, input in (
         (harbor, users["reviewer.harbor"], INTAKE_INPUT),
@@ -157,6 +158,14 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
             policy=policy,
             reason="Two for client e-mail",
         )
+        create_webhook_endpoint(
+            tenant=tenant,
+            url=f"https://hooks.{tenant.pk}.example.net/agentdesk",
+            event_types=["run.completed"],
+            description="CRM hook",
+            actor=Actor.for_user(users["ops"]),
+        )
+        assert OutboxAttempt.objects.filter(tenant=tenant, succeeded=True).exists()
         worlds[tenant.slug] = (done, waiting)
     open_break_glass(
         user=make_platform_staff("sre.world"), tenant=harbor, reason=BREAK_GLASS_REASON

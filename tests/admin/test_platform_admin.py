@@ -70,6 +70,7 @@ def test_the_queue_is_not_in_a_tenant_persons_index(client, users):
         "desk",
         "roles",
         "tenants",
+        "webhooks",
     }
 
 

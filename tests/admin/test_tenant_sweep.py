@@ -5,8 +5,9 @@ adds it to the sweep, and one that is neither tenant-scoped through TenantScoped
 known platform-only admin fails `test_every_registered_admin_is_covered`.
 
 The world: harbor-legal and northwind-accounting each have completed and parked runs,
-decisions, an escalation, outbox messages, draft and published versions, policies, records,
-memberships, API keys and audit events; platform staff hold a break-glass grant to harbor.
+decisions, an escalation, outbox messages and their delivery attempts, draft and published
+versions, policies, records, memberships, API keys, webhook endpoints and audit events;
+platform staff hold a break-glass grant to harbor.
 Northwind's people — its reviewer and operator, and platform staff holding a break-glass grant
 to northwind only — then try everything on harbor's objects.
 """

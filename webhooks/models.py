@@ -1,0 +1,56 @@
+from django.conf import settings
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+# What an endpoint may subscribe to, and what each means.
+EVENT_TYPES = {
+    "run.completed": "A run finished all its steps.",
+    "run.failed": "A run stopped on a failed step (an escalation is opened too).",
+    "approval.requested": "A step waits for a reviewer's decision.",
+    "approval.decided": "A reviewer decided on a request.",
+    "escalation.opened": "Something needs a person (a failed step, a missed due time, …).",
+}
+# Sent to one endpoint on an operator's request; never subscribed to.
+TEST_EVENT = "webhook.test"
+SECRET_PREFIX = "whsec_"
+
+
+class WebhookEndpoint(models.Model):
+    """Where a tenant wants to hear of events: a URL, the events it subscribes to (none: it
+    hears of nothing) and the secret its deliveries are signed with (Standard Webhooks).
+
+    The secret is shown once, when it is made (on creation and on rotation); history keeps
+    every other field.
+    """
+
+    tenant = models.ForeignKey(
+        "tenants.Tenant", on_delete=models.PROTECT, related_name="webhook_endpoints"
+    )
+    url = models.CharField("URL", max_length=2000)
+    description = models.CharField(max_length=200, blank=True)
+    secret = models.CharField(max_length=100)
+    event_types = models.JSONField(
+        default=list, blank=True, help_text="Events delivered here; none: nothing is delivered."
+    )
+    is_active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+
+    history = HistoricalRecords(excluded_fields=["secret"])
+
+    class Meta:
+        verbose_name = "webhook endpoint"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(secret__startswith=SECRET_PREFIX),
+                name="webhookendpoint_secret_format",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "is_active"])]
+
+    def __str__(self):
+        return self.description or self.url
