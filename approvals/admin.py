@@ -8,7 +8,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, F, Q
 from django.http import Http404
 from django.shortcuts import redirect
@@ -16,25 +17,39 @@ from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.timesince import timesince, timeuntil
 
 from approvals.forms import ReviewForm
 from approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
     Decision,
+    Delegation,
     Escalation,
     PolicyChange,
+    ReviewerGroup,
 )
 from approvals.permissions import barred_reason, can_resolve_escalation
-from approvals.selectors import earlier_rounds, quorum_missing
+from approvals.selectors import (
+    decided_by,
+    earlier_rounds,
+    proposal_summary,
+    quorum_missing,
+    waiting_for,
+)
 from approvals.services import (
     POLICY_FIELDS,
     DecisionError,
     approve_policy_change,
+    assign_request,
+    create_delegation,
     decide,
+    outcomes_for,
     propose_policy_change,
     reject_policy_change,
     resolve_escalation,
+    revoke_delegation,
+    save_reviewer_group,
 )
 from audit.services import Actor
 from desk.engine import step_definition
@@ -47,6 +62,8 @@ from tenants.admin_scoping import (
     dump_json,
     username_of,
 )
+from tenants.permissions import can_operate_tenant, can_review_tenant
+from tenants.scoping import member_tenant_ids
 
 APPROVING = (Decision.Verdict.APPROVE, Decision.Verdict.EDIT)
 
@@ -91,6 +108,56 @@ def proposal_display(proposal) -> dict:
             "items": display_items(proposal.get("outputs") or {}),
         }
     return {"kind": "json", "json": dump_json(proposal)}
+
+
+def relative_due(approval: ApprovalRequest) -> str:
+    """ "in 3 hours (14:05 UTC)" or "overdue by 2 hours (…)", in the reader's time zone."""
+    local = timezone.localtime(approval.due_at)
+    stamp = local.strftime("%d %b %H:%M %Z")
+    if not approval.is_pending:
+        return stamp
+    now = timezone.now()
+    if approval.due_at < now:
+        return format_html(
+            '<span class="desk-overdue">overdue by {} ({})</span>',
+            timesince(approval.due_at, now, depth=1),
+            stamp,
+        )
+    return f"in {timeuntil(approval.due_at, now, depth=1)} ({stamp})"
+
+
+class InboxFilter(admin.SimpleListFilter):
+    """The queue opens on what waits for me: assigned to me, my groups or whoever delegated
+    to me, or to nobody; not decided by me yet."""
+
+    title = "inbox"
+    parameter_name = "inbox"
+    MINE, DECIDED, ALL = "me", "decided", "all"
+
+    def lookups(self, request, model_admin):
+        return [
+            (self.MINE, "Waiting for me"),
+            (self.DECIDED, "I decided, still open"),
+            (self.ALL, "Everything"),
+        ]
+
+    def current(self) -> str:
+        return self.value() or self.MINE
+
+    def queryset(self, request, queryset):
+        if self.current() == self.MINE:
+            return waiting_for(queryset, request.user)
+        if self.current() == self.DECIDED:
+            return decided_by(queryset, request.user)
+        return queryset
+
+    def choices(self, changelist):
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": self.current() == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
 
 
 class QueueStatusFilter(admin.SimpleListFilter):
@@ -146,20 +213,21 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
     change_access = "review"  # "changing" a request is deciding it, on the review page
     add_access = delete_access = None
     inlines = (DecisionInline,)
+    actions = ("claim_requests", "approve_in_bulk")
     list_display = (
         "__str__",
+        "what",
         "tenant",
         "run_column",
         "step_key",
-        "category",
         "approvals",
         "due",
+        "assigned",
         "status",
-        "created_at",
     )
-    list_filter = (QueueStatusFilter, "category", "tenant")
+    list_filter = (InboxFilter, QueueStatusFilter, "category", "tenant")
     search_fields = ("step__key", "category", "run__role__name")
-    ordering = ("due_at",)
+    ordering = ("due_at", "pk")  # due soonest first
     fieldsets = (
         (
             None,
@@ -191,7 +259,9 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .select_related("tenant", "run__role", "run__role_version", "step")
+            .select_related(
+                "tenant", "run__role", "run__role_version", "step", "assignee", "assigned_group"
+            )
             .annotate(
                 approvals_given=Count(
                     "decisions",
@@ -222,9 +292,76 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="due", ordering="due_at")
     def due(self, obj):
-        if obj.is_pending and obj.due_at < timezone.now():
-            return format_html('<span class="desk-overdue">{} · overdue</span>', when(obj.due_at))
-        return when(obj.due_at)
+        return relative_due(obj)
+
+    @admin.display(description="what and for whom")
+    def what(self, obj):
+        return proposal_summary(obj)
+
+    @admin.display(description="assigned to")
+    def assigned(self, obj):
+        if obj.assignee_id:
+            return username_of(obj.assignee)
+        return str(obj.assigned_group) if obj.assigned_group_id else "any reviewer"
+
+    def has_review_permission(self, request, obj=None):
+        """For the queue's actions: deciding is for the tenant's reviewers."""
+        return self.has_change_permission(request, obj)
+
+    @admin.action(
+        description="Claim the selected requests (assign them to me)", permissions=["review"]
+    )
+    def claim_requests(self, request, queryset):
+        for approval in queryset:
+            try:
+                assign_request(
+                    request=approval, actor=Actor.for_user(request.user), assignee=request.user
+                )
+            except DecisionError as exc:
+                self.message_user(request, f"{approval}: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"{approval} is yours.", messages.SUCCESS)
+
+    @admin.action(description="Approve the selected requests…", permissions=["review"])
+    def approve_in_bulk(self, request, queryset):
+        """Only where the request's policy allows bulk approval; each decision is recorded
+        as if made alone (decide, four eyes and all)."""
+
+        def approve(approval, _reason):
+            if not approval.rule.get("allow_bulk"):
+                self.message_user(
+                    request,
+                    f"{approval}: its policy does not allow approving in bulk; open it.",
+                    messages.WARNING,
+                )
+                return
+            try:
+                decide(
+                    request=approval,
+                    reviewer=request.user,
+                    verdict=Decision.Verdict.APPROVE,
+                    version=approval.version,
+                    via="bulk",
+                )
+            except DecisionError as exc:
+                self.message_user(request, f"{approval}: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"Approved {approval}.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset.select_related("run", "step"),
+            action="approve_in_bulk",
+            title="Approve in bulk",
+            question=(
+                "Approve each of these requests as it stands? Requests whose policy does not "
+                "allow bulk approval are left for you to open one by one."
+            ),
+            label=None,
+            submit="Approve",
+            apply=approve,
+        )
 
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(
@@ -245,6 +382,8 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             raise Http404("No approval request with this id.")
         if not self.has_change_permission(request, approval):
             raise PermissionDenied
+        if "assign" in request.POST:  # the Assign button, not a verdict
+            return self._assign(request, approval)
         form = ReviewForm(request.POST, request=approval)
         if form.is_valid():
             verdict = form.cleaned_data["verdict"]
@@ -266,6 +405,33 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                 )
                 return redirect("admin:approvals_approvalrequest_changelist")
         return self._render_review(request, object_id, form)
+
+    def _assign(self, request, approval):
+        choice = request.POST.get("assign_to", "")
+        assignee = group = None
+        kind, _, key = choice.partition(":")
+        if kind == "me":
+            assignee = request.user
+        elif kind == "user" and key.isdigit():
+            assignee = tenant_people(request.user, kind="reviewer").filter(pk=key).first()
+        elif kind == "group" and key.isdigit():
+            group = ReviewerGroup.objects.filter(tenant=approval.tenant, pk=key).first()
+        if choice and assignee is None and group is None:
+            self.message_user(request, "Choose someone from the list.", messages.ERROR)
+        else:
+            try:
+                assign_request(
+                    request=approval,
+                    actor=Actor.for_user(request.user),
+                    assignee=assignee,
+                    group=group,
+                )
+            except DecisionError as exc:
+                self.message_user(request, f"Not assigned: {exc}", messages.ERROR)
+            else:
+                who = assignee or group or "any reviewer"
+                self.message_user(request, f"{approval} is assigned to {who}.", messages.SUCCESS)
+        return redirect("admin:approvals_approvalrequest_change", approval.pk)
 
     @staticmethod
     def _show_refusal(form: ReviewForm, exc: DecisionError) -> None:
@@ -307,6 +473,27 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             context.update(self._review_context(request, obj, context.get("review_form")))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def _assign_choices(self, request, approval: ApprovalRequest) -> list[tuple[str, str]]:
+        """Who the viewer may route the request to: themselves, and (for operators or its
+        holder) the tenant's reviewers and groups."""
+        choices = (
+            [("me", "Me (claim it)")] if can_review_tenant(request.user, approval.tenant) else []
+        )
+        if (
+            can_operate_tenant(request.user, approval.tenant)
+            or approval.assignee_id == request.user.pk
+        ):
+            people = tenant_people(request.user, kind="reviewer").filter(
+                memberships__tenant=approval.tenant
+            )
+            choices += [(f"user:{u.pk}", u.get_username()) for u in people]
+            choices += [
+                (f"group:{g.pk}", f"group {g.name}")
+                for g in ReviewerGroup.objects.filter(tenant=approval.tenant).order_by("name")
+            ]
+            choices.append(("", "nobody: any reviewer"))
+        return choices
+
     def _review_context(self, request, approval: ApprovalRequest, form) -> dict:
         run, step = approval.run, approval.step
         earlier = list(steps_before(step))
@@ -337,6 +524,9 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             "my_decision": my_decision,
             "may_decide": may_decide,
             "barred": barred,
+            "assign_choices": self._assign_choices(request, approval)
+            if approval.is_pending
+            else [],
             "review_form": form or ReviewForm(request=approval),
             "missing": quorum_missing(approval) if approval.is_pending else "",
             "earlier_rounds": earlier_rounds(approval),
@@ -432,11 +622,45 @@ class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
             apply=resolve,
         )
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The escalation's page; operators act on it here (retry, take over, cancel …)."""
+        escalation = self.get_object(request, unquote(object_id))
+        form = None
+        if request.method == "POST" and escalation is not None:
+            if not can_resolve_escalation(request.user, escalation):
+                raise PermissionDenied
+            form = EscalationForm(request.POST, escalation=escalation)
+            if form.is_valid():
+                try:
+                    resolve_escalation(
+                        escalation=escalation,
+                        user=request.user,
+                        resolution=form.cleaned_data["resolution"],
+                        outcome=form.cleaned_data["outcome"],
+                        output=form.cleaned_data.get("output"),
+                    )
+                except DecisionError as exc:
+                    form.add_error("output" if "output" in exc.code else None, str(exc))
+                else:
+                    escalation.refresh_from_db()
+                    self.message_user(request, resolved_message(escalation), messages.SUCCESS)
+                    return redirect("admin:approvals_escalation_change", escalation.pk)
+            display_request = copy.copy(request)
+            display_request.method = "GET"
+            request = display_request
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "escalation_form": form}
+        )
+
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["may_resolve"] = (
                 obj.status == Escalation.Status.OPEN and can_resolve_escalation(request.user, obj)
             )
+            if context["may_resolve"]:
+                context["escalation_form"] = context.get("escalation_form") or EscalationForm(
+                    escalation=obj
+                )
             if obj.kind == Escalation.Kind.BUDGET and obj.status == Escalation.Status.OPEN:
                 context["resolve_note"] = budget_note(obj.tenant.name)
             context["action_checkbox_name"] = helpers.ACTION_CHECKBOX_NAME
@@ -456,7 +680,42 @@ def resolved_message(escalation: Escalation) -> str:
             f"Resolved {escalation}: {escalation.tenant}'s budget is lifted until the end of "
             "the month and its runs on hold resume."
         )
-    return f"Resolved {escalation}."
+    return f"{escalation.get_outcome_display()}: {escalation}. {escalation.resolution}"
+
+
+class EscalationForm(forms.Form):
+    """What an operator does about an escalation, from the outcomes its kind allows."""
+
+    outcome = forms.ChoiceField(widget=forms.RadioSelect)
+    output = forms.JSONField(
+        required=False,
+        label="Output you provide",
+        widget=forms.Textarea(attrs={"rows": 6, "class": "vLargeTextField desk-json"}),
+        help_text="For “taken over”: the step's output as JSON, checked against its schema.",
+    )
+    resolution = forms.CharField(
+        label="What was done",
+        widget=forms.Textarea(attrs={"rows": 3, "class": "vLargeTextField"}),
+        help_text="Kept in the audit trail.",
+    )
+
+    def __init__(self, *args, escalation: Escalation, **kwargs):
+        super().__init__(*args, **kwargs)
+        allowed = outcomes_for(escalation)
+        self.fields["outcome"].choices = [(o, Escalation.Outcome(o).label) for o in allowed]
+        self.fields["outcome"].initial = allowed[0]
+        if Escalation.Outcome.TAKEN_OVER not in allowed:
+            del self.fields["output"]
+        elif escalation.step_id and escalation.step.output is not None:
+            self.fields["output"].initial = escalation.step.output
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("outcome") == Escalation.Outcome.TAKEN_OVER and not isinstance(
+            cleaned.get("output"), dict
+        ):
+            self.add_error("output", "Give the output as a JSON object.")
+        return cleaned
 
 
 class ApprovalPolicyForm(forms.ModelForm):
@@ -571,6 +830,11 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
         actions.pop("delete_selected", None)  # one proposal per policy, from its page
         return actions
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "escalate_to_user":
+            kwargs["queryset"] = tenant_people(request.user, kind="reviewer")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
 
 @admin.register(PolicyChange)
 class PolicyChangeAdmin(TenantScopedAdmin, admin.ModelAdmin):
@@ -671,3 +935,165 @@ class PolicyChangeAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.action(description="Reject or withdraw the selected changes…", permissions=["operate"])
     def reject_changes(self, request, queryset):
         return self._decide(request, queryset, apply=False)
+
+
+class ReviewerGroupForm(forms.ModelForm):
+    members = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, help_text="Reviewers of the tenant."
+    )
+
+    class Meta:
+        model = ReviewerGroup
+        fields = ("tenant", "name")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "tenant" not in self.fields or "members" not in self.fields:
+            return  # read-only for this user
+        tenant_ids = list(self.fields["tenant"].queryset.values_list("pk", flat=True))
+        self.fields["members"].queryset = (
+            get_user_model()
+            .objects.filter(
+                is_active=True,
+                memberships__tenant_id__in=tenant_ids,
+                memberships__kind="reviewer",
+            )
+            .distinct()
+            .order_by("username")
+        )
+        if self.instance.pk:
+            self.fields["members"].initial = list(
+                self.instance.memberships.values_list("user_id", flat=True)
+            )
+
+
+@admin.register(ReviewerGroup)
+class ReviewerGroupAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    """Groups of a tenant's reviewers: requests are assigned to them, and a policy may ask
+    for one approval from each of several."""
+
+    form = ReviewerGroupForm
+    delete_access = None  # a group a policy names stays; empty it instead
+    list_display = ("name", "tenant", "member_names")
+    list_filter = ("tenant",)
+    list_select_related = ("tenant",)
+    ordering = ("tenant__name", "name")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("memberships__user")
+
+    @admin.display(description="members")
+    def member_names(self, obj):
+        return ", ".join(sorted(m.user.username for m in obj.memberships.all())) or "—"
+
+    def save_model(self, request, obj, form, change):
+        self.call_service(
+            form,
+            lambda: save_reviewer_group(
+                tenant=form.cleaned_data["tenant"],
+                name=form.cleaned_data["name"],
+                members=list(form.cleaned_data.get("members") or []),
+                actor=Actor.for_user(request.user),
+                group=obj if change else None,
+            ),
+        )
+
+    def save_related(self, request, form, formsets, change):
+        """The members were saved by the service."""
+
+
+class DelegationForm(forms.ModelForm):
+    class Meta:
+        model = Delegation
+        fields = ("tenant", "delegate", "starts_at", "ends_at", "reason")
+        help_texts = {"delegate": "Who decides your requests while you are away."}
+
+
+@admin.register(Delegation)
+class DelegationAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    """Out of office: "my requests go to X until …". Reviewers delegate their own requests;
+    the delegate still decides under four eyes, and the decision records whom it was for."""
+
+    form = DelegationForm
+    view_access = "review"
+    add_access = "review"
+    change_access = delete_access = None
+    actions = ("end_delegations",)
+    list_display = ("delegator", "delegate", "tenant", "starts_at", "ends_at", "state")
+    list_filter = ("tenant",)
+    list_select_related = ("tenant", "delegator", "delegate")
+    ordering = ("-starts_at",)
+    readonly_fields = ("delegator", "revoked_at")
+
+    @admin.display(description="state")
+    def state(self, obj):
+        now = timezone.now()
+        if obj.revoked_at:
+            return "ended early"
+        if obj.ends_at <= now:
+            return "over"
+        return "active" if obj.starts_at <= now else "planned"
+
+    def save_model(self, request, obj, form, change):
+        def create():
+            try:
+                return create_delegation(
+                    tenant=form.cleaned_data["tenant"],
+                    delegator=request.user,
+                    delegate=form.cleaned_data["delegate"],
+                    starts_at=form.cleaned_data["starts_at"],
+                    ends_at=form.cleaned_data["ends_at"],
+                    reason=form.cleaned_data.get("reason", ""),
+                    actor=Actor.for_user(request.user),
+                )
+            except DecisionError as exc:
+                raise ValidationError(str(exc)) from None
+
+        created = self.call_service(form, create)
+        obj.pk = created.pk
+
+    @admin.action(description="End the selected delegations now…", permissions=["review"])
+    def end_delegations(self, request, queryset):
+        def end(delegation, reason):
+            try:
+                revoke_delegation(
+                    delegation=delegation, actor=Actor.for_user(request.user), reason=reason
+                )
+            except DecisionError as exc:
+                self.message_user(request, f"{delegation}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"Ended {delegation}.", messages.SUCCESS)
+
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            action="end_delegations",
+            title="End delegations",
+            question="End these delegations now?",
+            label="Why?",
+            submit="End",
+            apply=end,
+        )
+
+    def has_review_permission(self, request, obj=None):
+        return self.has_view_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "delegate":
+            kwargs["queryset"] = tenant_people(request.user, kind="reviewer")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def tenant_people(user, *, kind: str):
+    """Active people of `kind` in the tenants `user` belongs to (never other tenants')."""
+    return (
+        get_user_model()
+        .objects.filter(
+            is_active=True,
+            memberships__kind=kind,
+            memberships__tenant_id__in=member_tenant_ids(user),
+        )
+        .distinct()
+        .order_by("username")
+    )

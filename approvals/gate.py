@@ -134,7 +134,9 @@ class ApprovalGate:
         )
         return request is not None and quorum_holds(request)
 
-    def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
+    def open_request(
+        self, *, run, step, proposal: dict[str, Any], rule: GateRule, author=None
+    ) -> None:
         previous = (
             ApprovalRequest.objects.filter(step=step, status=ApprovalRequest.Status.RETURNED)
             .order_by("-pk")
@@ -154,6 +156,7 @@ class ApprovalGate:
             due_at=due_at,
             next_action_at=due_at,
             assignee_id=previous.assignee_id if previous else None,
+            proposal_author=author,
             assigned_group_id=previous.assigned_group_id if previous else None,
         )
         record(

@@ -299,7 +299,6 @@ class Escalation(models.Model):
         DELIVERY = "delivery", "Delivery failed"
         APPROVAL_OVERDUE = "approval_overdue", "Approval overdue"
         APPROVAL_ROUNDS = "approval_rounds", "Sent back too often"
-        QUORUM_LOST = "quorum_lost", "An approval no longer holds"
 
     class Outcome(models.TextChoices):
         RESOLVED = "resolved", "Resolved"

@@ -2,8 +2,77 @@
 
 from __future__ import annotations
 
-from approvals.models import ApprovalRequest, Decision, GroupMember
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from approvals.models import ApprovalRequest, Decision, Delegation, GroupMember
 from approvals.permissions import barred_people, current_reviewers
+from tenants.models import Membership
+
+
+def waiting_for(queryset: QuerySet, user, *, now=None) -> QuerySet:
+    """The pending requests of `queryset` that wait for `user`: assigned to them, to one of
+    their groups, to someone who delegated to them, or to nobody; in a tenant they review;
+    not yet decided by them; and none four eyes bars them from."""
+    now = now or timezone.now()
+    delegators = Delegation.objects.filter(
+        delegate=user, starts_at__lte=now, ends_at__gt=now, revoked_at__isnull=True
+    ).values("delegator_id")
+    groups = GroupMember.objects.filter(user=user).values("group_id")
+    reviews = Membership.objects.filter(user=user, kind=Membership.Kind.REVIEWER).values(
+        "tenant_id"
+    )
+    decided = Decision.objects.current().filter(reviewer=user).values("request_id")
+    return (
+        queryset.filter(status=ApprovalRequest.Status.PENDING, tenant_id__in=reviews)
+        .filter(
+            Q(assignee=user)
+            | Q(assigned_group__in=groups)
+            | Q(assignee__in=delegators)
+            | Q(assignee__isnull=True, assigned_group__isnull=True)
+        )
+        .exclude(pk__in=decided)
+        .exclude(run__started_by=user)
+        .exclude(run__role_version__created_by=user)
+        .exclude(run__role_version__published_by=user)
+        .exclude(proposal_author=user)
+        .exclude(run__api_key__created_by=user)
+    )
+
+
+def decided_by(queryset: QuerySet, user) -> QuerySet:
+    """The pending requests `user` has decided and that wait for someone else."""
+    decided = Decision.objects.current().filter(reviewer=user).values("request_id")
+    return queryset.filter(status=ApprovalRequest.Status.PENDING, pk__in=decided)
+
+
+def proposal_summary(request: ApprovalRequest) -> str:
+    """One line on what a request is about: to whom, the subject or the figures."""
+    proposal = request.proposal or {}
+    if "tool" in proposal:
+        args = proposal.get("args") or {}
+        to = f" to {args['to']}" if args.get("to") else ""
+        subject = f": “{args['subject']}”" if args.get("subject") else ""
+        return f"{proposal['tool']}{to}{subject}"
+    if isinstance(proposal.get("draft"), dict):
+        draft = proposal["draft"]
+        if draft.get("subject"):
+            recipient = next(
+                (v for k, v in (request.run.input or {}).items() if "email" in k and v), ""
+            )
+            return f"“{draft['subject']}”" + (f" for {recipient}" if recipient else "")
+        figures = [
+            f"{k.replace('_', ' ')} {v:,}"
+            for k, v in draft.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if figures:
+            return " · ".join(figures[:3])
+        text = next((v for v in draft.values() if isinstance(v, str)), "")
+        return text[:80]
+    if "outputs" in proposal:
+        return f"checkpoint on {', '.join(proposal['outputs']) or 'nothing yet'}"
+    return ""
 
 
 def standing_approvals(request: ApprovalRequest) -> list[Decision]:

@@ -21,6 +21,7 @@ from approvals.models import (
     Decision,
     Delegation,
     Escalation,
+    GroupMember,
     PolicyChange,
     ReviewerGroup,
 )
@@ -259,39 +260,89 @@ def _close(request: ApprovalRequest, status: str) -> None:
     request.save(update_fields=["status", "decided_at"])
 
 
-def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Escalation:
-    """Close an escalation with what was done about it (for a budget: lift the budget).
+# What a person may do about each kind of escalation (the first is what plain "resolve" is).
+OUTCOMES = {
+    Escalation.Kind.STEP_FAILED: (
+        Escalation.Outcome.RESOLVED,
+        Escalation.Outcome.RETRIED,
+        Escalation.Outcome.TAKEN_OVER,
+    ),
+    Escalation.Kind.APPROVAL_OVERDUE: (
+        Escalation.Outcome.LEFT_PENDING,
+        Escalation.Outcome.TAKEN_OVER,
+        Escalation.Outcome.CANCELLED,
+    ),
+    Escalation.Kind.APPROVAL_ROUNDS: (
+        Escalation.Outcome.LEFT_PENDING,
+        Escalation.Outcome.TAKEN_OVER,
+        Escalation.Outcome.CANCELLED,
+    ),
+    Escalation.Kind.BUDGET: (Escalation.Outcome.RESOLVED,),
+    Escalation.Kind.SLA: (Escalation.Outcome.RESOLVED, Escalation.Outcome.CANCELLED),
+    Escalation.Kind.DELIVERY: (Escalation.Outcome.RESOLVED,),
+}
+APPROVAL_KINDS = (Escalation.Kind.APPROVAL_OVERDUE, Escalation.Kind.APPROVAL_ROUNDS)
 
-    Raises DecisionError when not allowed, already resolved or without a resolution.
+
+def outcomes_for(escalation: Escalation) -> tuple[str, ...]:
+    return OUTCOMES.get(escalation.kind, (Escalation.Outcome.RESOLVED,))
+
+
+def resolve_escalation(
+    *,
+    escalation: Escalation,
+    user,
+    resolution: str,
+    outcome: str = "",
+    output: dict[str, Any] | None = None,
+) -> Escalation:
+    """Act on an escalation and close it, saying what was done: retry the failed step, take
+    it over with a provided output (checked against the step's schema; a draft still goes
+    to the reviewers), cancel the run, leave an overdue request with its reviewers, or
+    resolve (for a budget: lift the budget for the month).
+
+    Raises DecisionError when not allowed, already resolved, the outcome does not apply to
+    this kind, the output is invalid, or without a resolution.
     """
     resolution = (resolution or "").strip()
     if not resolution:
         raise DecisionError("Say what was done.", code="reason_required")
     with locking.atomic():
-        escalation = lock(Escalation.objects.all(), Level.ROW).get(pk=escalation.pk)
+        escalation = lock(Escalation.objects.select_related("tenant"), Level.ROW).get(
+            pk=escalation.pk
+        )
         if not can_resolve_escalation(user, escalation):
             raise DecisionError("You may not resolve this escalation.", code="forbidden")
         if escalation.status != Escalation.Status.OPEN:
             raise DecisionError("This escalation is already resolved.", code="not_open")
-        if escalation.kind == Escalation.Kind.BUDGET:
-            # Resolving a budget escalation lifts the budget for the month: every held run
-            # of the tenant goes on (their runs locked before anything is audited: the lock
-            # order), and their budget escalations are settled with this one.
-            desk_services.lift_budget(
-                tenant=escalation.tenant, actor=Actor.for_user(user), reason=resolution
+        allowed = outcomes_for(escalation)
+        outcome = outcome or allowed[0]
+        if outcome not in allowed:
+            labels = ", ".join(Escalation.Outcome(o).label.lower() for o in allowed)
+            raise DecisionError(
+                f"A {escalation.get_kind_display().lower()} escalation can be: {labels}.",
+                code="invalid_outcome",
             )
+        actor = Actor.for_user(user)
+        resolution += _act(
+            escalation, outcome=outcome, actor=actor, reason=resolution, output=output
+        )
         escalation.status = Escalation.Status.RESOLVED
+        escalation.outcome = outcome
         escalation.resolved_at = timezone.now()
         escalation.resolved_by = user
         escalation.resolution = resolution
-        escalation.save(update_fields=["status", "resolved_at", "resolved_by", "resolution"])
+        escalation.save(
+            update_fields=["status", "outcome", "resolved_at", "resolved_by", "resolution"]
+        )
         record(
             tenant=escalation.tenant_id,
-            actor=Actor.for_user(user),
+            actor=actor,
             action="escalation.resolved",
             obj=escalation,
             run_id=escalation.run_id,
             reason=resolution,
+            data={"outcome": outcome, "kind": escalation.kind},
         )
         if escalation.kind == Escalation.Kind.BUDGET:
             Escalation.objects.filter(
@@ -300,11 +351,114 @@ def resolve_escalation(*, escalation: Escalation, user, resolution: str) -> Esca
                 status=Escalation.Status.OPEN,
             ).update(
                 status=Escalation.Status.RESOLVED,
+                outcome=Escalation.Outcome.RESOLVED,
                 resolved_at=escalation.resolved_at,
                 resolved_by=user,
                 resolution=f"Settled with escalation #{escalation.pk}: {resolution}",
             )
     return escalation
+
+
+def _act(escalation: Escalation, *, outcome: str, actor: Actor, reason: str, output) -> str:
+    """Do what the outcome says; return what the resolution should add about it."""
+    if escalation.kind == Escalation.Kind.BUDGET:
+        # Every held run of the tenant goes on (their runs locked before anything is
+        # audited: the lock order); their budget escalations are settled with this one.
+        desk_services.lift_budget(tenant=escalation.tenant, actor=actor, reason=reason)
+        return ""
+    try:
+        if outcome == Escalation.Outcome.RETRIED:
+            desk_services.retry_failed_step(
+                run_id=escalation.run_id, step_id=escalation.step_id, actor=actor, reason=reason
+            )
+            return " — the step runs again."
+        if outcome == Escalation.Outcome.CANCELLED:
+            run = desk_services.cancel_run(run=escalation.run, actor=actor, reason=reason)
+            return f" — run #{run.pk} cancelled; its pending approvals closed."
+        if outcome == Escalation.Outcome.TAKEN_OVER:
+            if not isinstance(output, dict):
+                raise DecisionError(
+                    "Give the output the step should have produced.", code="invalid_output"
+                )
+            if escalation.kind in APPROVAL_KINDS:
+                request = _take_over_request(escalation, actor=actor, output=output, reason=reason)
+                return (
+                    f" — approval #{request.pk} now proposes a person's draft (version "
+                    f"{request.version}); its reviewers decide it."
+                )
+            run = desk_services.take_over_step(
+                run_id=escalation.run_id,
+                step_id=escalation.step_id,
+                output=output,
+                actor=actor,
+                reason=reason,
+            )
+            if run.status == run.Status.WAITING_APPROVAL:
+                return " — the provided output waits for a reviewer's approval."
+            return " — the provided output stands; the run goes on."
+    except desk_services.RunError as exc:
+        raise DecisionError(exc.message, code=exc.code) from None
+    if escalation.kind in APPROVAL_KINDS:
+        request = _pending_request(escalation)
+        if request is None:
+            return " — its approval is no longer pending."
+        whom = (
+            f"assigned to {request.assignee}"
+            if request.assignee_id
+            else f"assigned to {request.assigned_group}"
+            if request.assigned_group_id
+            else "open to the tenant's reviewers"
+        )
+        return f" — approval #{request.pk} stays pending, {whom}."
+    return ""
+
+
+def _pending_request(escalation: Escalation) -> ApprovalRequest | None:
+    desk_services.lock_run(escalation.run_id)
+    return (
+        lock(
+            ApprovalRequest.objects.select_related("assignee", "assigned_group", "run", "step"),
+            Level.APPROVAL,
+            of=("self",),
+        )
+        .filter(step_id=escalation.step_id, status=ApprovalRequest.Status.PENDING)
+        .first()
+    )
+
+
+def _take_over_request(escalation: Escalation, *, actor: Actor, output, reason: str):
+    """A person writes the draft an overdue or over-revised request is stuck on: it becomes
+    the next version of the proposal, earlier approvals are dismissed, and its author may
+    not approve it."""
+    request = _pending_request(escalation)
+    if request is None or request.step.kind != "llm":
+        raise DecisionError(
+            "Only a pending draft can be taken over; decide or cancel instead.",
+            code="not_revisable",
+        )
+    try:
+        payload = checked_edit(request, {"draft": output})
+    except InvalidEdit as exc:
+        raise DecisionError(str(exc), code="invalid_output", errors=exc.errors) from None
+    now = timezone.now()
+    dismissed = list(request.decisions.current().approving().values_list("pk", flat=True))
+    request.decisions.filter(pk__in=dismissed).update(dismissed_at=now)
+    before = request.proposal
+    request.proposal = payload
+    request.version += 1
+    request.proposal_author = actor.user
+    request.save(update_fields=["proposal", "version", "proposal_author"])
+    record(
+        tenant=request.tenant_id,
+        actor=actor,
+        action="approval.taken_over",
+        obj=request,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        reason=reason,
+        data={"version": request.version, "diff": _diff(before, payload), "dismissed": dismissed},
+    )
+    return request
 
 
 POLICY_FIELDS = (
@@ -542,6 +696,196 @@ def _check_second_operator(change: PolicyChange, user) -> None:
         )
     if change.status != PolicyChange.Status.PENDING:
         raise DecisionError("This change is no longer pending.", code="not_pending")
+
+
+# --- assignment, delegation and reviewer groups ---------------------------------------------
+
+
+def assign_request(
+    *, request: ApprovalRequest, actor: Actor, assignee=None, group=None, reason: str = ""
+) -> ApprovalRequest:
+    """Route a pending request to a person or a group (neither: back to every reviewer).
+
+    The tenant's operators assign anything; a reviewer claims a request (assigns it to
+    themselves) or passes on one assigned to them or their group. Assignment is routing:
+    who may decide is still four eyes' call, and nobody is assigned what they may not decide.
+
+    Raises DecisionError when not allowed, not pending, or the assignee or group is not one
+    of the tenant's reviewers.
+    """
+    user = actor.user
+    with locking.atomic():
+        run_id = ApprovalRequest.objects.filter(pk=request.pk).values_list("run_id", flat=True)
+        desk_services.lock_run(run_id.get())
+        request = lock(
+            ApprovalRequest.objects.select_related("tenant", "run__role_version", "run__api_key"),
+            Level.APPROVAL,
+            of=("self",),
+        ).get(pk=request.pk)
+        if not request.is_pending:
+            raise DecisionError("This request is no longer pending.", code="not_pending")
+        is_operator = user is not None and can_operate_tenant(user, request.tenant)
+        mine = user is not None and (
+            request.assignee_id == user.pk
+            or (
+                request.assigned_group_id
+                and GroupMember.objects.filter(
+                    group_id=request.assigned_group_id, user=user
+                ).exists()
+            )
+        )
+        claiming = user is not None and assignee is not None and assignee.pk == user.pk
+        # A claim takes what nobody holds yet (or what one's group holds), never a colleague's.
+        claimable = claiming and request.assignee_id is None
+        if not (is_operator or mine or (claimable and decision_refusal(user, request) is None)):
+            raise DecisionError(
+                "Only the tenant's operators, or whoever holds the request, reassign it.",
+                code="forbidden",
+            )
+        if assignee is not None:
+            refusal = decision_refusal(assignee, request)
+            if refusal:
+                raise DecisionError(
+                    f"{assignee} may not decide this request: {refusal}", code="not_eligible"
+                )
+        if group is not None and group.tenant_id != request.tenant_id:
+            raise DecisionError("This group belongs to another tenant.", code="not_eligible")
+        data = {
+            "from_user": request.assignee_id,
+            "from_group": request.assigned_group_id,
+            "to_user": assignee.pk if assignee else None,
+            "to_group": group.pk if group else None,
+        }
+        request.assignee = assignee
+        request.assigned_group = group
+        request.save(update_fields=["assignee", "assigned_group"])
+        record(
+            tenant=request.tenant_id,
+            actor=actor,
+            action="approval.claimed" if claiming else "approval.assigned",
+            obj=request,
+            run_id=request.run_id,
+            step_id=request.step_id,
+            reason=reason,
+            data=data,
+        )
+    return request
+
+
+def create_delegation(
+    *, tenant, delegator, delegate, starts_at, ends_at, actor: Actor, reason: str = ""
+) -> Delegation:
+    """Hand a reviewer's requests to another reviewer for a while (out of office).
+
+    Raises DecisionError when the actor is neither the delegator nor an operator, either
+    person is not a reviewer of the tenant, the period is empty or over, or it is oneself.
+    """
+    user = actor.user
+    if user is None or not (user.pk == delegator.pk or can_operate_tenant(user, tenant)):
+        raise DecisionError(
+            "Reviewers delegate their own requests; operators anyone's.", code="forbidden"
+        )
+    if delegator.pk == delegate.pk:
+        raise DecisionError("Delegate to someone else.", code="invalid")
+    if current_reviewers(tenant.pk, [delegator.pk, delegate.pk]) != {delegator.pk, delegate.pk}:
+        raise DecisionError(f"Both people must be reviewers of {tenant}.", code="not_eligible")
+    if not (starts_at < ends_at and ends_at > timezone.now()):
+        raise DecisionError(
+            "The delegation must end after it starts, in the future.", code="invalid"
+        )
+    with locking.atomic():
+        delegation = Delegation.objects.create(
+            tenant=tenant,
+            delegator=delegator,
+            delegate=delegate,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            reason=reason,
+        )
+        record(
+            tenant=tenant.pk,
+            actor=actor,
+            action="delegation.created",
+            obj=delegation,
+            reason=reason,
+            data={
+                "delegator": delegator.pk,
+                "delegate": delegate.pk,
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+            },
+        )
+    return delegation
+
+
+def revoke_delegation(*, delegation: Delegation, actor: Actor, reason: str = "") -> Delegation:
+    """End a delegation now.
+
+    Raises DecisionError when the actor is neither its delegator nor an operator.
+    """
+    user = actor.user
+    with locking.atomic():
+        delegation = lock(Delegation.objects.select_related("tenant"), Level.ROW).get(
+            pk=delegation.pk
+        )
+        if user is None or not (
+            user.pk == delegation.delegator_id or can_operate_tenant(user, delegation.tenant)
+        ):
+            raise DecisionError("You may not end this delegation.", code="forbidden")
+        if delegation.revoked_at is not None:
+            return delegation
+        delegation.revoked_at = timezone.now()
+        delegation.save(update_fields=["revoked_at"])
+        record(
+            tenant=delegation.tenant_id,
+            actor=actor,
+            action="delegation.revoked",
+            obj=delegation,
+            reason=reason,
+        )
+    return delegation
+
+
+def save_reviewer_group(
+    *, tenant, name: str, members, actor: Actor, group: ReviewerGroup | None = None
+) -> ReviewerGroup:
+    """Create or change a reviewer group and its members (reviewers of the tenant only).
+
+    Raises ValidationError when a member is not a reviewer of the tenant or the name is
+    taken.
+    """
+    from django.core.exceptions import ValidationError
+
+    if actor.user is None or not can_operate_tenant(actor.user, tenant):
+        raise ValidationError("Only the tenant's operators manage reviewer groups.")
+    member_ids = {m.pk for m in members}
+    if current_reviewers(tenant.pk, member_ids) != member_ids:
+        raise ValidationError({"members": f"Members must be reviewers of {tenant}."})
+    with locking.atomic():
+        group = group or ReviewerGroup(tenant=tenant)
+        before = set(group.memberships.values_list("user_id", flat=True)) if group.pk else set()
+        group.name = name
+        try:
+            group.full_clean(exclude=["members"])
+        except ValidationError:
+            raise
+        group.save()
+        GroupMember.objects.filter(group=group).exclude(user_id__in=member_ids).delete()
+        GroupMember.objects.bulk_create(
+            [GroupMember(tenant=tenant, group=group, user_id=u) for u in member_ids - before]
+        )
+        record(
+            tenant=tenant.pk,
+            actor=actor,
+            action="reviewer_group.saved",
+            obj=group,
+            data={
+                "name": name,
+                "added": sorted(member_ids - before),
+                "removed": sorted(before - member_ids),
+            },
+        )
+    return group
 
 
 # --- the timeout ladder and notifications ---------------------------------------------------

@@ -29,9 +29,12 @@ class Gate(Protocol):
         """Whether the approval `step` went ahead on still has a valid quorum now, checked
         at the moment of effect (a voter may have lost their authority since)."""
 
-    def open_request(self, *, run, step, proposal: dict[str, Any], rule: GateRule) -> None:
+    def open_request(
+        self, *, run, step, proposal: dict[str, Any], rule: GateRule, author=None
+    ) -> None:
         """Write the approval request (inside the caller's transaction); a redraft of a
-        draft sent back continues its rounds."""
+        draft sent back continues its rounds. `author`: the person who wrote the proposal
+        (four eyes keeps them from approving it)."""
 
     def open_escalation(self, *, run, step, reason: str, kind: str = "step_failed") -> None:
         """Hand a problem to people (inside the caller's transaction)."""

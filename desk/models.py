@@ -42,6 +42,9 @@ class Run(HasTransitions, models.Model):
         "fail": ({Status.RUNNING}, Status.FAILED),
         "reject": ({Status.WAITING_APPROVAL}, Status.REJECTED),
         "cancel": (set(OPEN_STATUSES), Status.CANCELLED),
+        # A person acts on a failed run's escalation: retry its step, or take it over.
+        "retry": ({Status.FAILED}, Status.QUEUED),
+        "reopen_for_review": ({Status.FAILED}, Status.WAITING_APPROVAL),
     }
     LOCK_LEVEL = Level.RUN
 
@@ -144,6 +147,12 @@ class StepRun(HasTransitions, models.Model):
             {Status.PENDING, Status.READY, Status.RUNNING, Status.WAITING_APPROVAL},
             Status.CANCELLED,
         ),
+        # A person acts on a failed step: it runs again, or their output stands (reviewed
+        # first when its category is gated); the steps after it wait again.
+        "retry_failed": ({Status.FAILED}, Status.READY),
+        "take_over": ({Status.FAILED}, Status.COMPLETED),
+        "take_over_for_review": ({Status.FAILED}, Status.WAITING_APPROVAL),
+        "restore": ({Status.CANCELLED}, Status.PENDING),
     }
     LOCK_LEVEL = Level.STEP
 

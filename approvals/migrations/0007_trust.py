@@ -236,7 +236,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='escalation',
             name='kind',
-            field=models.CharField(choices=[('step_failed', 'A step failed'), ('budget', 'Monthly budget reached'), ('sla', 'Service level missed'), ('delivery', 'Delivery failed'), ('approval_overdue', 'Approval overdue'), ('approval_rounds', 'Sent back too often'), ('quorum_lost', 'An approval no longer holds')], default='step_failed', max_length=20),
+            field=models.CharField(choices=[('step_failed', 'A step failed'), ('budget', 'Monthly budget reached'), ('sla', 'Service level missed'), ('delivery', 'Delivery failed'), ('approval_overdue', 'Approval overdue'), ('approval_rounds', 'Sent back too often')], default='step_failed', max_length=20),
         ),
         migrations.AddConstraint(
             model_name='decision',

@@ -38,6 +38,7 @@ from desk.services.runs import (
     start_run,
     start_run_once,
 )
+from desk.services.takeover import output_errors, retry_failed_step, take_over_step
 from desk.services.usage import (
     SLA_AT_RISK_SHARE,
     escalate_missed_service_level,
@@ -68,6 +69,7 @@ __all__ = [
     "lift_budget",
     "lock_run",
     "month_start",
+    "output_errors",
     "over_budget",
     "park_step",
     "ready_next_step",
@@ -77,6 +79,7 @@ __all__ = [
     "record_worker_heartbeat",
     "reject_parked_step",
     "resume_approved_step",
+    "retry_failed_step",
     "return_step_for_revision",
     "run_due_sweeps",
     "run_sweep",
@@ -86,4 +89,5 @@ __all__ = [
     "start_run",
     "start_run_once",
     "sweep_specs",
+    "take_over_step",
 ]

@@ -166,6 +166,27 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
             actor=Actor.for_user(users["ops"]),
         )
         assert OutboxAttempt.objects.filter(tenant=tenant, succeeded=True).exists()
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from approvals.services import create_delegation, save_reviewer_group
+
+        save_reviewer_group(
+            tenant=tenant,
+            name=f"{tenant.name} seniors",
+            members=[reviewer],
+            actor=Actor.for_user(users["ops"]),
+        )
+        create_delegation(
+            tenant=tenant,
+            delegator=reviewer,
+            delegate=users["ops"],
+            starts_at=timezone.now(),
+            ends_at=timezone.now() + timedelta(days=7),
+            actor=Actor.for_user(reviewer),
+            reason="Holiday",
+        )
         worlds[tenant.slug] = (done, waiting)
     open_break_glass(
         user=make_platform_staff("sre.world"), tenant=harbor, reason=BREAK_GLASS_REASON

@@ -246,7 +246,7 @@ def test_the_queue_opens_on_pending_requests(client, parked_run, users):
     client.post(review_url(decided), {"version": 1, "verdict": "reject", "comment": "No"})
 
     default = client.get(QUEUE_URL)
-    everything = client.get(QUEUE_URL, {"status": "all"})
+    everything = client.get(QUEUE_URL, {"inbox": "all", "status": "all"})
 
     assert [r.pk for r in default.context["cl"].result_list] == [pending.pk]
     assert {r.pk for r in everything.context["cl"].result_list} == {pending.pk, decided.pk}

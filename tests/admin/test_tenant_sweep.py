@@ -123,6 +123,8 @@ def post_data(obj) -> dict:
     for name, value in model_to_dict(obj).items():
         if value is None:
             value = ""
+        elif isinstance(value, list) and all(hasattr(v, "pk") for v in value):
+            value = [v.pk for v in value]  # a many-to-many field: its keys
         elif isinstance(value, (dict, list)):
             value = json.dumps(value)
         data[name] = value

@@ -153,11 +153,15 @@ def test_month_end_statement_needs_two_approvals(cluster):
     assert request.status == ApprovalRequest.Status.PENDING
 
     decide(request=request, reviewer=user("ops"), verdict=Decision.Verdict.APPROVE)
+    request.refresh_from_db()
+    assert request.status == ApprovalRequest.Status.PENDING  # two Reviewers: no partner yet
+
+    decide(request=request, reviewer=user("partner.northwind"), verdict=Decision.Verdict.APPROVE)
 
     wait_for_run(run, Run.Status.COMPLETED, cluster)
     request.refresh_from_db()
     assert request.status == ApprovalRequest.Status.APPROVED
-    assert request.decisions.count() == 2
+    assert request.decisions.count() == 3
     statement = StepRun.objects.get(run=run, key="statement")
     assert statement.status == StepRun.Status.COMPLETED
     assert set(statement.output) >= {"revenue", "expenses", "cash", "summary"}

@@ -208,7 +208,9 @@ def test_the_changelist_reads_a_fixed_number_of_queries(client, users, harbor, n
     seven = queries_for_listing()
 
     assert one == seven  # not one more per endpoint listed
-    assert one <= 25
+    # PostgreSQL adds the row-level-security context of each request (savepoints, SET ROLE,
+    # set_config): 27 statements there, measured; 25 on SQLite.
+    assert one <= (27 if connection.vendor == "postgresql" else 25)
 
 
 def test_the_outbox_message_page_shows_every_attempt(client, users, parked_intake):
