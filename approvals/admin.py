@@ -63,7 +63,7 @@ from tenants.admin_scoping import (
     username_of,
 )
 from tenants.permissions import can_operate_tenant, can_review_tenant
-from tenants.scoping import member_tenant_ids
+from tenants.scoping import member_tenant_ids, tenants_for_user
 
 APPROVING = (Decision.Verdict.APPROVE, Decision.Verdict.EDIT)
 
@@ -462,11 +462,7 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
             return f"Rejected {what}; the run has ended."
         if approval.status == ApprovalRequest.Status.RETURNED:
             return f"Sent {what} back for revision with your feedback."
-        given = approval.approvals_count()
-        return (
-            f"Your approval of {what} is recorded ({given} of {approval.required_approvals}); "
-            "it waits for another reviewer."
-        )
+        return f"Your approval of {what} is recorded; it still needs {quorum_missing(approval)}."
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
@@ -1050,7 +1046,7 @@ class DelegationAdmin(TenantScopedAdmin, admin.ModelAdmin):
                 raise ValidationError(str(exc)) from None
 
         created = self.call_service(form, create)
-        obj.pk = created.pk
+        obj.pk, obj.delegator, obj.created_at = created.pk, created.delegator, created.created_at
 
     @admin.action(description="End the selected delegations now…", permissions=["review"])
     def end_delegations(self, request, queryset):
@@ -1082,6 +1078,11 @@ class DelegationAdmin(TenantScopedAdmin, admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "delegate":
             kwargs["queryset"] = tenant_people(request.user, kind="reviewer")
+        elif db_field.name == "tenant":
+            # Reviewers delegate within the tenants they review.
+            kwargs["queryset"] = tenants_for_user(request.user, kinds=("reviewer",)).order_by(
+                "name"
+            )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 

@@ -28,7 +28,7 @@ def _field_for(name: str, schema: dict[str, Any], *, required: bool) -> forms.Fi
             choices=[(json.dumps(v), str(v)) for v in schema["enum"]],
         )
     if kinds == ["string"]:
-        long = schema.get("maxLength", 10_000) > 200 or name in ("body", "summary", "text")
+        long = schema.get("maxLength", 0) > 200 or name in ("body", "summary", "text", "notes")
         return forms.CharField(
             label=label,
             help_text=help_text,
@@ -36,7 +36,7 @@ def _field_for(name: str, schema: dict[str, Any], *, required: bool) -> forms.Fi
             strip=False,
             widget=forms.Textarea(attrs={"rows": 8, "class": "vLargeTextField"})
             if long
-            else forms.TextInput(attrs={"class": "vTextField"}),
+            else forms.TextInput(attrs={"class": "vLargeTextField"}),
         )
     if kinds in (["number"], ["integer"]):
         return forms.DecimalField(label=label, help_text=help_text, required=False)

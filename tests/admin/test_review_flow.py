@@ -250,3 +250,20 @@ def test_the_queue_opens_on_pending_requests(client, parked_run, users):
 
     assert [r.pk for r in default.context["cl"].result_list] == [pending.pk]
     assert {r.pk for r in everything.context["cl"].result_list} == {pending.pk, decided.pk}
+
+
+def test_a_redraft_shows_its_round_the_earlier_feedback_and_what_changed(client, parked_run, users):
+    first = ApprovalRequest.objects.get(run=parked_run)
+    client.force_login(users["reviewer.harbor"])
+    client.post(
+        review_url(first), {"version": 1, "verdict": "revise", "comment": "Offer two dates."}
+    )
+    advance(parked_run.pk)
+    redraft = ApprovalRequest.objects.get(run=parked_run, status=ApprovalRequest.Status.PENDING)
+
+    page = client.get(review_url(redraft)).content.decode()
+
+    assert redraft.round == 2 and redraft.previous == first
+    assert "Round 2 of 3" in page
+    assert "Offer two dates." in page
+    assert "--- proposed" in page  # the diff from the previous draft

@@ -312,3 +312,49 @@ class TestBulkApproval:
         self.bulk(client, users["ops"], [request])
 
         assert not Decision.objects.filter(request=request).exists()
+
+
+def test_a_reviewer_delegates_from_the_admin(client, harbor, users):
+    client.force_login(users["reviewer.harbor"])
+    now = timezone.localtime()
+    later = now + timedelta(days=5)
+
+    page = client.get(reverse("admin:approvals_delegation_add"))
+    response = client.post(
+        reverse("admin:approvals_delegation_add"),
+        {
+            "tenant": harbor.pk,
+            "delegate": users["ops"].pk,
+            "starts_at_0": now.strftime("%Y-%m-%d"),
+            "starts_at_1": now.strftime("%H:%M:%S"),
+            "ends_at_0": later.strftime("%Y-%m-%d"),
+            "ends_at_1": later.strftime("%H:%M:%S"),
+            "reason": "Holiday",
+        },
+    )
+
+    assert harbor.name in page.content.decode()  # a reviewer's own tenant is offered
+    assert response.status_code == 302
+    delegation = Delegation.objects.get()
+    assert (delegation.delegator, delegation.delegate) == (users["reviewer.harbor"], users["ops"])
+    assert AuditEvent.objects.filter(action="delegation.created").count() == 1
+
+
+def test_delegating_to_someone_outside_the_tenant_is_a_form_error(client, harbor, users):
+    client.force_login(users["reviewer.harbor"])
+    now = timezone.localtime()
+
+    response = client.post(
+        reverse("admin:approvals_delegation_add"),
+        {
+            "tenant": harbor.pk,
+            "delegate": users["reviewer.northwind"].pk,
+            "starts_at_0": now.strftime("%Y-%m-%d"),
+            "starts_at_1": "00:00:00",
+            "ends_at_0": (now + timedelta(days=2)).strftime("%Y-%m-%d"),
+            "ends_at_1": "00:00:00",
+        },
+    )
+
+    assert response.status_code == 200
+    assert not Delegation.objects.exists()
