@@ -739,6 +739,7 @@ class ApprovalPolicyForm(forms.ModelForm):
             "final_action",
             "max_rounds",
             "allow_bulk",
+            "email_links",
         )
 
     def clean(self):

@@ -33,6 +33,7 @@ def _details(policy: ApprovalPolicy | None, *, source: str) -> dict[str, Any]:
             "final_action": ApprovalPolicy.FinalAction.HOLD,
             "max_rounds": fallback["max_rounds"],
             "allow_bulk": False,
+            "email_links": False,
         }
     return {
         "source": source,
@@ -44,6 +45,7 @@ def _details(policy: ApprovalPolicy | None, *, source: str) -> dict[str, Any]:
         "final_action": policy.final_action,
         "max_rounds": policy.max_rounds,
         "allow_bulk": policy.allow_bulk,
+        "email_links": policy.email_links,
     }
 
 
@@ -81,6 +83,7 @@ def _tighter(a: GateRule, b: GateRule) -> GateRule:
             ),
             "max_rounds": min(da["max_rounds"], db["max_rounds"]),
             "allow_bulk": da["allow_bulk"] and db["allow_bulk"],
+            "email_links": da.get("email_links", False) and db.get("email_links", False),
         },
     )
 

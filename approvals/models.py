@@ -93,6 +93,11 @@ class ApprovalPolicy(models.Model):
     allow_bulk = models.BooleanField(
         default=False, help_text="Reviewers may approve several requests at once from the queue."
     )
+    email_links = models.BooleanField(
+        default=False,
+        help_text="Notification e-mails carry signed approve/reject links (each opens a "
+        "confirmation page; single use, expiring).",
+    )
 
     # Approver groups change through PolicyChange, which keeps the before and after.
     history = HistoricalRecords()
@@ -403,3 +408,30 @@ class PolicyChange(models.Model):
 
     def __str__(self):
         return f"Policy change #{self.pk} · {self.get_action_display()}"
+
+
+class ApprovalLink(models.Model):
+    """A signed approve or reject link e-mailed to one reviewer for one request.
+
+    Only the SHA-256 of the token is stored; the token itself is only ever in the e-mail.
+    Opening the link shows a confirmation page (mail scanners prefetch links); the decision
+    is a POST, made once, for the proposal version the e-mail showed, before it expires."""
+
+    class Action(models.TextChoices):
+        APPROVE = "approve", "Approve"
+        REJECT = "reject", "Reject"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="links")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    action = models.CharField(max_length=10, choices=Action.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    version = models.PositiveIntegerField(help_text="The proposal version the e-mail showed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.get_action_display()} link for approval #{self.request_id}"

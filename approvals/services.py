@@ -473,6 +473,7 @@ POLICY_FIELDS = (
     "final_action",
     "max_rounds",
     "allow_bulk",
+    "email_links",
 )
 
 
@@ -1051,7 +1052,7 @@ def _enqueue_notification(request_id: int, reminder: int) -> None:
     )
 
 
-def recipients(request: ApprovalRequest) -> list[str]:
+def recipients(request: ApprovalRequest) -> list[tuple[int, str]]:
     """Who a request waits for: its assignee (and their delegates), else its group, else
     every reviewer of the tenant; never someone four eyes bars from deciding it."""
     people = Membership.objects.filter(
@@ -1072,17 +1073,21 @@ def recipients(request: ApprovalRequest) -> list[str]:
     barred = barred_people(request)
     return sorted(
         {
-            email
+            (user_id, email)
             for user_id, email in people.values_list("user_id", "user__email")
             if email and user_id not in barred
-        }
+        },
+        key=lambda person: person[1],
     )
 
 
 def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
     """Send the notification (or reminder number `reminder`) once; return how many people
     it went to."""
-    from django.core.mail import send_mail
+    from django.core.mail import EmailMessage, get_connection
+
+    from approvals import links
+    from approvals.selectors import proposal_summary
 
     tenant_id = rls.tenant_of("approvals_approvalrequest", request_id)
     if tenant_id is None:
@@ -1111,8 +1116,8 @@ def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
                 return 0  # this task was delivered twice
             request.notified_at = timezone.now()
             request.save(update_fields=["notified_at"])
-        emails = recipients(request)
-        if not emails:
+        people = recipients(request)
+        if not people:
             return 0  # nobody to tell: handled (the queue shows it)
         subject = (
             f"{'Reminder: ' if reminder else ''}{request.tenant.name}: "
@@ -1121,7 +1126,20 @@ def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
         body = (
             f"Step '{request.step.key}' ({request.category}) of run #{request.run_id} is waiting"
             f" for {request.required_approvals} approval(s), due {request.due_at:%Y-%m-%d %H:%M}"
-            " UTC.\nOpen the approval queue in AgentDesk to decide."
+            f" UTC.\n\n{proposal_summary(request)}\n\nReview it: {links.review_url(request)}\n"
         )
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, emails)
-    return len(emails)
+        messages = []
+        for user_id, email in people:
+            text = body
+            if request.rule.get("email_links"):
+                urls = links.issue_links(request=request, reviewer_id=user_id)
+                text += (
+                    f"\nOr decide from here (each link asks you to confirm; it works once, for"
+                    f" this version of the proposal):\n  Approve: {urls['approve']}\n"
+                    f"  Reject:  {urls['reject']}\n"
+                )
+            messages.append(EmailMessage(subject, text, settings.DEFAULT_FROM_EMAIL, [email]))
+        # One message per person: a link is theirs alone. Sent inside the transaction: if
+        # the mail server fails, the marker and the links roll back and the sweep retries.
+        get_connection().send_messages(messages)
+    return len(people)

@@ -776,15 +776,20 @@ def bench_actor():
 
 
 def make_tenant(slug: str, *, capacity: int, weight: int = 1):
+    from approvals.models import ApprovalPolicy
     from tenants.services import create_tenant
 
-    return create_tenant(
+    tenant = create_tenant(
         slug=slug,
         name=f"Bench {slug}",
         actor=bench_actor(),
         max_concurrent_runs=capacity,
         priority_weight=weight,
     )
+    # Without a policy a category is gated (fail closed): the bench's internal steps run
+    # on their own, as a firm's would after its operators set that policy.
+    ApprovalPolicy.objects.create(tenant=tenant, category="internal", mode=ApprovalPolicy.Mode.AUTO)
+    return tenant
 
 
 def set_capacity(tenant, capacity: int) -> None:

@@ -430,6 +430,8 @@ def seed_demo(*, stdout=None) -> dict[str, int]:
                         "due_minutes": due,
                         "max_reminders": reminders,
                         "final_action": final,
+                        # The demo's client e-mail can be decided from the notification.
+                        "email_links": category == "client_comms",
                     },
                 )
                 created["policies"] += was_created

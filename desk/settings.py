@@ -144,6 +144,10 @@ DESK_STEP_MAX_ATTEMPTS = int(os.environ.get("DESK_STEP_MAX_ATTEMPTS", "3"))
 DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5"))
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
+# Where people reach this AgentDesk: links in e-mails start with it.
+DESK_BASE_URL = os.environ.get("DESK_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# How long a signed approve/reject link in an e-mail stays valid (never past due + 1 day).
+DESK_APPROVAL_LINK_HOURS = int(os.environ.get("DESK_APPROVAL_LINK_HOURS", "72"))
 # What a step without an approval policy gets (fail closed): one approval, this due time.
 DESK_DEFAULT_APPROVAL = {
     "required_approvals": 1,

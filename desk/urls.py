@@ -19,5 +19,6 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("approvals/", include("approvals.urls")),
     path("api/v1/", include(api_patterns)),
 ]

@@ -50,6 +50,7 @@ TENANT_TABLES = [
     ("approvals_groupmember", "tenant_id"),
     ("approvals_delegation", "tenant_id"),
     ("approvals_policychange", "tenant_id"),
+    ("approvals_approvallink", "tenant_id"),
     ("audit_auditchain", "tenant_id"),
     ("audit_auditevent", "tenant_id"),
     ("webhooks_webhookendpoint", "tenant_id"),
