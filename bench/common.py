@@ -749,7 +749,7 @@ def noop_tool_step(key: str) -> dict[str, Any]:
     return {
         "key": key,
         "kind": "tool",
-        "category": "internal",
+        "category": "data_access",
         "tool": "records.get",
         "args": {"references": []},
     }
@@ -786,9 +786,12 @@ def make_tenant(slug: str, *, capacity: int, weight: int = 1):
         max_concurrent_runs=capacity,
         priority_weight=weight,
     )
-    # Without a policy a category is gated (fail closed): the bench's internal steps run
-    # on their own, as a firm's would after its operators set that policy.
-    ApprovalPolicy.objects.create(tenant=tenant, category="internal", mode=ApprovalPolicy.Mode.AUTO)
+    # Without a policy a category is gated (fail closed): the bench's internal steps and
+    # record reads run on their own, as a firm's would after its operators set that policy.
+    for category in ("internal", "data_access"):
+        ApprovalPolicy.objects.create(
+            tenant=tenant, category=category, mode=ApprovalPolicy.Mode.AUTO
+        )
     return tenant
 
 
@@ -810,6 +813,7 @@ def make_role(tenant, slug: str, steps: list[dict[str, Any]], *, model: str = "o
         name=f"Bench {slug}",
         actor=bench_actor(),
         allowed_tools=tools,
+        allowed_data_kinds=["bench"],  # an empty list would allow no reads at all
         target_turnaround_minutes=24 * 60,
     )
     version = create_role_version(

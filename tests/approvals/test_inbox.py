@@ -358,3 +358,28 @@ def test_delegating_to_someone_outside_the_tenant_is_a_form_error(client, harbor
 
     assert response.status_code == 200
     assert not Delegation.objects.exists()
+
+
+def test_claiming_from_the_review_page_does_not_decide(client, follow_up, users):
+    request = pending(follow_up)
+    url = reverse("admin:approvals_approvalrequest_change", args=[request.pk])
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.post(url, {"assign": "1", "assign_to": "me", "verdict": "approve"})
+
+    request.refresh_from_db()
+    assert response.status_code == 302
+    assert request.assignee == users["reviewer.harbor"]
+    assert request.status == ApprovalRequest.Status.PENDING
+    assert not Decision.objects.filter(request=request).exists()
+
+
+def test_assigning_a_person_of_another_tenant_from_the_page_is_refused(client, follow_up, users):
+    request = pending(follow_up)
+    url = reverse("admin:approvals_approvalrequest_change", args=[request.pk])
+    client.force_login(users["ops"])
+
+    client.post(url, {"assign": "1", "assign_to": f"user:{users['reviewer.northwind'].pk}"})
+
+    request.refresh_from_db()
+    assert request.assignee is None
