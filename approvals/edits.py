@@ -4,6 +4,8 @@ the schemas of the steps they correct. What is approved is what runs, so it must
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 from typing import Any
 
@@ -100,3 +102,14 @@ def _check(schema: dict[str, Any] | None, value: Any, *, prefix: str) -> None:
             + "; ".join(f"{e['field']}: {e['message']}" for e in errors),
             errors,
         )
+
+
+def proposal_diff(before: Any, after: Any) -> str:
+    """A unified diff of two proposals as pretty JSON (what an edit changed)."""
+
+    def lines(value):
+        return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+
+    return "\n".join(
+        difflib.unified_diff(lines(before), lines(after), "proposed", "approved", lineterm="")
+    )

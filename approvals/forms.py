@@ -50,13 +50,10 @@ def _field_for(name: str, schema: dict[str, Any], *, required: bool) -> forms.Fi
     )
 
 
-def _to_json(field: forms.Field, value: Any, schema: dict[str, Any]) -> Any:
+def _to_json(field: forms.Field, value: Any) -> Any:
     if isinstance(field, forms.ChoiceField):
         return json.loads(value) if value else None
-    if isinstance(value, Decimal):
-        kinds = schema.get("type")
-        if kinds == "integer" and value == value.to_integral_value():
-            return int(value)
+    if isinstance(value, Decimal):  # JSON numbers: whole ones stay whole
         return int(value) if value == value.to_integral_value() else float(value)
     return value
 
@@ -109,14 +106,14 @@ class ReviewForm(forms.Form):
     def edited_values(self) -> dict[str, Any]:
         """The proposal's values as the form now has them (unchanged fields as they were)."""
         values = dict(self.values)
-        for name, (field, schema) in self.editable.items():
+        for name, (field, _schema) in self.editable.items():
             if PREFIX + name not in self.data and not isinstance(field, forms.BooleanField):
                 continue  # not posted at all: as it was
             value = self.cleaned_data.get(PREFIX + name)
             if value is None or (isinstance(value, str) and not value.strip()):
                 values.pop(name, None)  # a blank field is a missing value
                 continue
-            values[name] = _to_json(field, value, schema)
+            values[name] = _to_json(field, value)
         return values
 
     def edited_proposal(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from approvals.edits import proposal_diff
 from approvals.models import ApprovalRequest, Decision, Delegation, GroupMember
 from approvals.permissions import barred_people, current_reviewers
 from tenants.models import Membership
@@ -129,8 +130,6 @@ def quorum_holds(request: ApprovalRequest) -> bool:
 def earlier_rounds(request: ApprovalRequest) -> list[dict]:
     """The rounds before this redraft, newest first: each draft, the feedback it got, and
     what changed from it to the draft after it."""
-    from approvals.services import _diff
-
     rounds = []
     later = request
     seen = 0
@@ -146,9 +145,38 @@ def earlier_rounds(request: ApprovalRequest) -> list[dict]:
                 "round": current.round,
                 "feedback": feedback,
                 "draft": current.proposal,
-                "diff": _diff(current.proposal, later.proposal),
+                "diff": proposal_diff(current.proposal, later.proposal),
             }
         )
         later, current = current, current.previous
         seen += 1
     return rounds
+
+
+def recipients(request: ApprovalRequest) -> list[tuple[int, str]]:
+    """Who a request waits for: its assignee (and their delegates), else its group, else
+    every reviewer of the tenant; never someone four eyes bars from deciding it."""
+    people = Membership.objects.filter(
+        tenant_id=request.tenant_id, kind=Membership.Kind.REVIEWER, user__is_active=True
+    )
+    if request.assignee_id:
+        now = timezone.now()
+        delegates = Delegation.objects.filter(
+            tenant_id=request.tenant_id,
+            delegator_id=request.assignee_id,
+            starts_at__lte=now,
+            ends_at__gt=now,
+            revoked_at__isnull=True,
+        ).values("delegate_id")
+        people = people.filter(Q(user_id=request.assignee_id) | Q(user_id__in=delegates))
+    elif request.assigned_group_id:
+        people = people.filter(user__reviewer_groups=request.assigned_group_id)
+    barred = barred_people(request)
+    return sorted(
+        {
+            (user_id, email)
+            for user_id, email in people.values_list("user_id", "user__email")
+            if email and user_id not in barred
+        },
+        key=lambda person: person[1],
+    )

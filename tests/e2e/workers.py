@@ -173,8 +173,16 @@ class Workers:
         return "".join(p.read_text() for p in mail_dir.iterdir()) if mail_dir.exists() else ""
 
     def notifications(self, run: Run) -> int:
-        """How many reviewer notifications (not reminders) went out about the run's gate."""
-        return self.mails().count(f"of run #{run.pk} is waiting")
+        """How many reviewer notifications (not reminders) went out about the run's gate, as
+        one reviewer of every demo tenant (`ops`) received them: each reviewer gets their own
+        message."""
+        messages = self.mails().split("-" * 79)  # Django's file backend separates messages
+        return sum(
+            f"of run #{run.pk} is waiting" in message
+            and "To: ops@agentdesk.example" in message
+            and "Subject: Reminder" not in message
+            for message in messages
+        )
 
 
 def worker_env(database_url: str, broker_env: dict, **extra: str) -> dict[str, str | None]:
