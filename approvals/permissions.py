@@ -7,12 +7,7 @@ and model permissions grant nothing."""
 from __future__ import annotations
 
 from tenants.models import Membership
-from tenants.permissions import can_operate_tenant, can_review_tenant
-
-
-def can_decide(user, request) -> bool:
-    """Whether the review page offers `user` a decision (decide checks again, fresh)."""
-    return can_review_tenant(user, request.tenant) and barred_reason(user, request) is None
+from tenants.permissions import can_operate_tenant
 
 
 def barred_people(request) -> dict[int, str]:
