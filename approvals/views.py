@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from approvals.admin import proposal_display
@@ -10,6 +13,20 @@ from approvals.links import DecisionError, LinkRefused, decide_by_link, link_for
 from approvals.selectors import proposal_summary
 
 
+def _private(view):
+    """The URL is a credential: no caching, no Referer carrying it elsewhere, no indexing."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        response["Referrer-Policy"] = "no-referrer"
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        return response
+
+    return never_cache(wrapped)
+
+
+@_private
 @require_http_methods(["GET", "POST"])
 def approval_link(request, token: str):
     try:
