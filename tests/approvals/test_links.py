@@ -226,7 +226,7 @@ def test_the_page_is_not_cached_and_leaks_no_referrer(client, mailed):
     response = client.get(links_in("reviewer.harbor")["approve"])
 
     assert "no-store" in response["Cache-Control"]
-    assert response["Referrer-Policy"] == "no-referrer"
+    assert response["Referrer-Policy"] == "strict-origin"  # the origin, never the token
     assert "noindex" in response["X-Robots-Tag"]
 
 
@@ -422,7 +422,11 @@ def test_a_cross_site_post_without_the_pages_csrf_token_is_refused(mailed):
     assert unchanged.holds()
     page = browser.get(path)
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())[1]
-    assert browser.post(path, {"csrfmiddlewaretoken": csrf}).status_code == 200
+    # As a browser posts the page's own form: with its origin (a "null" one is refused).
+    assert browser.post(path, {"csrfmiddlewaretoken": csrf}, HTTP_ORIGIN="null").status_code == 403
+    assert unchanged.holds()
+    posted = browser.post(path, {"csrfmiddlewaretoken": csrf}, HTTP_ORIGIN="http://testserver")
+    assert posted.status_code == 200
 
 
 # --- tenants --------------------------------------------------------------------------------
