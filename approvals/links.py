@@ -1,24 +1,34 @@
 """Signed approve/reject links in notification e-mails.
 
-One token per (request, action, reviewer), 256 random bits; only its SHA-256 is stored. A
-link's page only shows what is proposed and asks for confirmation (mail scanners prefetch
-links); the decision is a POST through `decide`, four eyes and all, for the proposal
-version the e-mail showed, once, before the link expires.
+One live token per (request, action, reviewer), 256 random bits; only its SHA-256 is
+stored, and a later e-mail (a reminder) replaces it. A link's page only shows what is
+proposed and asks for confirmation (mail scanners prefetch links); the decision is a POST,
+through `decide` (four eyes and all), for the very proposal the e-mail showed, once,
+before the link expires. Once its reviewer has decided the request, by link or in the
+admin, none of their links for it works.
+
+Lock order: links are written only by someone holding their request's lock (the
+notification, a decision by link), so a decision by link locks the run and the request,
+exactly as `decide` does, and then reads its link again; link rows take no lock of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import ApprovalLink, ApprovalRequest
+from approvals.models import ApprovalLink, ApprovalRequest, Decision
+from approvals.permissions import decision_refusal
 from approvals.services import DecisionError, decide
+from desk.services import lock_run
 from tenants import locking, rls
 from tenants.locking import Level, lock
 
@@ -37,6 +47,12 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def proposal_hash(proposal) -> str:
+    """SHA-256 of the proposal as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(proposal, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def absolute(path: str) -> str:
     return f"{settings.DESK_BASE_URL}{path}"
 
@@ -46,31 +62,44 @@ def review_url(request: ApprovalRequest) -> str:
 
 
 def issue_links(*, request: ApprovalRequest, reviewer_id: int) -> dict[str, str]:
-    """Create this reviewer's approve and reject links for the request (inside the caller's
-    transaction); return {action: URL}."""
+    """Give this reviewer fresh approve and reject links for the request, replacing any
+    earlier ones (inside the caller's transaction, which holds the request's lock); return
+    {action: URL}, or {} when the reviewer has already decided it."""
+    if request.decisions.current().filter(reviewer_id=reviewer_id).exists():
+        return {}
+    now = timezone.now()
     expires_at = min(
-        timezone.now() + timedelta(hours=settings.DESK_APPROVAL_LINK_HOURS),
+        now + timedelta(hours=settings.DESK_APPROVAL_LINK_HOURS),
         request.due_at + timedelta(days=1),
     )
+    fingerprint = proposal_hash(request.proposal)
     urls = {}
     for action in ApprovalLink.Action.values:
         token = secrets.token_urlsafe(32)
-        ApprovalLink.objects.create(
-            tenant_id=request.tenant_id,
+        ApprovalLink.objects.update_or_create(
             request=request,
             reviewer_id=reviewer_id,
             action=action,
-            token_hash=_hash(token),
-            version=request.version,
-            expires_at=expires_at,
+            defaults={
+                "tenant_id": request.tenant_id,
+                "token_hash": _hash(token),
+                "proposal_hash": fingerprint,
+                "version": request.version,
+                "created_at": now,
+                "expires_at": expires_at,
+                "used_at": None,
+            },
         )
         urls[action] = absolute(reverse("approval-link", args=[token]))
     return urls
 
 
+NOT_VALID = "This link is not valid (a newer e-mail may have replaced it)."
+
+
 def _tenant_of(token: str) -> int:
     if not TOKEN.match(token or ""):
-        raise LinkRefused("This link is not valid.", status=404)
+        raise LinkRefused(NOT_VALID, status=404)
     with rls.platform_context():
         # Only the tenant of the one row whose hash matches is read across tenants.
         tenant_id = (
@@ -79,19 +108,38 @@ def _tenant_of(token: str) -> int:
             .first()
         )
     if tenant_id is None:
-        raise LinkRefused("This link is not valid.", status=404)
+        raise LinkRefused(NOT_VALID, status=404)
     return tenant_id
 
 
+def _find(token: str, tenant_id: int) -> ApprovalLink:
+    link = (
+        ApprovalLink.objects.select_related(
+            "request__run__role", "request__tenant", "request__step", "reviewer"
+        )
+        .filter(token_hash=_hash(token), tenant_id=tenant_id, request__tenant_id=tenant_id)
+        .first()
+    )
+    if link is None:
+        raise LinkRefused(NOT_VALID, status=404)
+    return link
+
+
 def _usable(link: ApprovalLink) -> None:
+    request = link.request
     if link.used_at is not None:
         raise LinkRefused("This link has already been used.")
+    if (
+        Decision.objects.filter(request_id=request.pk, reviewer_id=link.reviewer_id)
+        .filter(Q(dismissed_at__isnull=True) | Q(created_at__gte=link.created_at))
+        .exists()
+    ):
+        raise LinkRefused("You have already decided this request; this link no longer works.")
     if link.expires_at <= timezone.now():
         raise LinkRefused("This link has expired; open the request in AgentDesk instead.")
-    request = link.request
     if not request.is_pending:
         raise LinkRefused(f"This request is already {request.get_status_display().lower()}.")
-    if request.version != link.version:
+    if request.version != link.version or proposal_hash(request.proposal) != link.proposal_hash:
         raise LinkRefused(
             "The proposal was edited after this e-mail was sent: open the request in "
             "AgentDesk and read it again before deciding.",
@@ -102,37 +150,32 @@ def _usable(link: ApprovalLink) -> None:
 def link_for(token: str) -> ApprovalLink:
     """The link a token stands for, if it can still be used (for its confirmation page).
 
-    Raises LinkRefused when it is unknown, used, expired, or its request moved on.
+    Raises LinkRefused when it is unknown, used, expired, its request moved on or its
+    reviewer may no longer decide it (the reason decide would give).
     """
     tenant_id = _tenant_of(token)
     with rls.tenant_context(tenant_id):
-        link = (
-            ApprovalLink.objects.select_related(
-                "request__run__role", "request__tenant", "request__step", "reviewer"
-            )
-            .filter(token_hash=_hash(token))
-            .first()
-        )
-        if link is None:
-            raise LinkRefused("This link is not valid.", status=404)
+        link = _find(token, tenant_id)
         _usable(link)
+        refusal = decision_refusal(link.reviewer, link.request)
+        if refusal:
+            raise LinkRefused(refusal, status=403)
         return link
 
 
-def decide_by_link(*, token: str, comment: str = ""):
-    """Decide with a link: its reviewer, its action, the version it showed; once.
+def decide_by_link(*, token: str, comment: str = "") -> Decision:
+    """Decide with a link: its reviewer, its action, the proposal it showed; once.
 
     Raises LinkRefused (nothing written) or DecisionError from decide (nothing written).
     """
     tenant_id = _tenant_of(token)
     with locking.atomic(), rls.tenant_context(tenant_id):
-        link = (
-            lock(ApprovalLink.objects.select_related("request", "reviewer"), Level.ROW)
-            .filter(token_hash=_hash(token))
-            .first()
-        )
-        if link is None:
-            raise LinkRefused("This link is not valid.", status=404)
+        found = _find(token, tenant_id)
+        # The run, then the request (decide's own order); then the link, read again under
+        # the request's lock: a concurrent click of this or a sibling link has committed.
+        lock_run(found.request.run_id)
+        lock(ApprovalRequest.objects.filter(pk=found.request_id), Level.APPROVAL).get()
+        link = _find(token, tenant_id)
         _usable(link)
         decision = decide(
             request=link.request,
@@ -149,4 +192,12 @@ def decide_by_link(*, token: str, comment: str = ""):
     return decision
 
 
-__all__ = ["DecisionError", "LinkRefused", "decide_by_link", "issue_links", "link_for"]
+__all__ = [
+    "DecisionError",
+    "LinkRefused",
+    "decide_by_link",
+    "issue_links",
+    "link_for",
+    "proposal_hash",
+    "review_url",
+]

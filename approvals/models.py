@@ -432,6 +432,17 @@ class ApprovalLink(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
+    proposal_hash = models.CharField(
+        max_length=64, help_text="SHA-256 of the proposal (canonical JSON) the e-mail showed."
+    )
+
+    class Meta:
+        constraints = [
+            # One live token per person and action: a later e-mail replaces the earlier one.
+            models.UniqueConstraint(
+                fields=["request", "reviewer", "action"], name="approvallink_one_per_action"
+            ),
+        ]
 
     def __str__(self):
         return f"{self.get_action_display()} link for approval #{self.request_id}"

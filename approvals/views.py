@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from django.shortcuts import render
+from functools import wraps
+
+from django.contrib import admin
+from django.shortcuts import render as _render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from approvals.admin import proposal_display
@@ -10,6 +14,28 @@ from approvals.links import DecisionError, LinkRefused, decide_by_link, link_for
 from approvals.selectors import proposal_summary
 
 
+def render(request, template: str, context: dict, status: int = 200):
+    site = {"site_header": admin.site.site_header, "site_title": admin.site.site_title}
+    return _render(request, template, {**site, **context}, status=status)
+
+
+def _private(view):
+    """The URL is a credential: no caching, no Referer carrying it anywhere, no indexing."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        # Referers name only our origin, never the path (the token), not even to our own
+        # static files' logs. Not "no-referrer": browsers then send `Origin: null` with the
+        # form's POST, and Django's CSRF check refuses it.
+        response["Referrer-Policy"] = "strict-origin"
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        return response
+
+    return never_cache(wrapped)
+
+
+@_private
 @require_http_methods(["GET", "POST"])
 def approval_link(request, token: str):
     try:

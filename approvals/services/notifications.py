@@ -82,8 +82,10 @@ def notify_reviewers(*, request_id: int, reminder: int = 0) -> int:
         messages = []
         for user_id, email in people:
             text = body
+            urls = {}
             if request.rule.get("email_links"):
                 urls = links.issue_links(request=request, reviewer_id=user_id)
+            if urls:  # none for someone who has decided already
                 text += (
                     f"\nOr decide from here (each link asks you to confirm; it works once, for"
                     f" this version of the proposal):\n  Approve: {urls['approve']}\n"

@@ -371,3 +371,89 @@ def test_index_and_app_pages_name_no_other_tenant(client, world, northwind_perso
         response = client.get(page)
         assert response.status_code in (200, 404)
         assert_no_harbor_text(response, page)
+
+
+# --- pages outside the admin and the API ----------------------------------------------------
+
+
+def public_routes() -> list[tuple[str, str | None]]:
+    """Every route outside /admin/ and /api/v1/ (those are swept above and in test_api)."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found = []
+
+    def visit(patterns, prefix):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                visit(pattern.url_patterns, prefix + str(pattern.pattern))
+            elif isinstance(pattern, URLPattern):
+                found.append((prefix + str(pattern.pattern), pattern.name))
+
+    visit(get_resolver().url_patterns, "/")
+    return [r for r in found if not r[0].startswith(("/admin/", "/api/v1/"))]
+
+
+def test_every_page_outside_the_admin_and_the_api_is_swept():
+    # The home page redirects; /healthz names no tenant; an approval link is swept below.
+    assert {name for _, name in public_routes()} == {None, "healthz", "approval-link"}
+
+
+def mailed_links(tenant: Tenant) -> list[str]:
+    """Send the tenant's waiting request's notification with signed links; their paths."""
+    import re
+
+    from django.core import mail
+
+    from approvals.models import ApprovalRequest
+    from approvals.services import notify_reviewers
+
+    request = ApprovalRequest.objects.get(tenant=tenant, status="pending", notified_at=None)
+    ApprovalRequest.objects.filter(pk=request.pk).update(rule={**request.rule, "email_links": True})
+    mail.outbox.clear()
+    assert notify_reviewers(request_id=request.pk) > 0
+    return [
+        match[1]
+        for message in mail.outbox
+        for match in re.finditer(r"https?://[^/\s]+(/approvals/link/[^/\s]+/)", message.body)
+    ]
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_northwind_people_reach_nothing_of_harbor_through_approval_links(
+    client, world, northwind_person, username
+):
+    from approvals.models import ApprovalLink, Decision
+
+    harbor_links = ApprovalLink.objects.filter(tenant=world.harbor)
+    assert mailed_links(world.harbor) and harbor_links.exists()
+    theirs = mailed_links(world.northwind)
+    user = northwind_person(username)
+    before = tenant_state(world.harbor)
+    client.force_login(user)
+    # What a northwind person could know of harbor: its ids and, from a leak, stored hashes.
+    harbor_ids = {
+        "request": world.request.pk,
+        "request_id": world.request.pk,
+        "tenant": world.harbor.pk,
+        "reviewer": harbor_links.first().reviewer_id,
+        "comment": "sweep",
+    }
+    guesses = [str(world.request.pk), str(harbor_links.first().pk)]
+    for stored in harbor_links.values_list("token_hash", flat=True):
+        guesses += [stored, stored[:43]]
+
+    for guess in guesses:
+        path = f"/approvals/link/{guess}/"
+        assert client.get(path).status_code == 404, f"GET {path}"
+        assert client.post(path, harbor_ids).status_code == 404, f"POST {path}"
+    for path in theirs:
+        page = client.get(path)
+        assert page.status_code == 200
+        assert_no_harbor_text(page, path)
+    for path in theirs:  # the first decides northwind's request; the rest are then refused
+        posted = client.post(path, harbor_ids)
+        assert posted.status_code in (200, 400, 410), f"POST {path}"
+        assert_no_harbor_text(posted, path)
+
+    assert tenant_state(world.harbor) == before
+    assert Decision.objects.filter(tenant=world.northwind, via="email link").count() == 1
