@@ -230,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
                 400, {"error": {"message": "body is not a JSON object", "type": "fake"}}
             )
             return
+        fake._hold()
         reply = fake._next_reply()
         if reply is not None and reply.kind == "timeout":
             fake._wait(reply.seconds)
@@ -316,6 +317,10 @@ class FakeOpenAIServer:
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self._peak_in_flight = 0
+        self._arrived = threading.Condition(self._lock)
+        self._hold_for = 0  # answer nothing until this many requests are in flight together
+        self._hold_timeout = 0.0
+        self.hold_released = False  # the held requests were all in flight at one moment
         self._ids = itertools.count(1)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -407,6 +412,19 @@ class FakeOpenAIServer:
         with self._lock:
             return self._peak_in_flight
 
+    def hold_until_in_flight(self, count: int, *, timeout: float = 20.0) -> FakeOpenAIServer:
+        """Hold every answer until `count` requests are in flight at the same moment.
+
+        Proves concurrency without measuring time: if the client sends its calls one at a
+        time, the count is never reached, the held requests are answered after `timeout`
+        and `hold_released` stays False.
+        """
+        with self._lock:
+            self._hold_for = count
+            self._hold_timeout = timeout
+            self.hold_released = False
+        return self
+
     def reset(self) -> None:
         """Forget the script, recorded requests and peak (latency and api_key are kept)."""
         with self._lock:
@@ -423,6 +441,18 @@ class FakeOpenAIServer:
     def _next_reply(self) -> FakeReply | None:
         with self._lock:
             return self._script.popleft() if self._script else None
+
+    def _hold(self) -> None:
+        with self._arrived:
+            if not self._hold_for:
+                return
+            self._arrived.notify_all()
+            reached = self._arrived.wait_for(
+                lambda: self.hold_released or self._in_flight >= self._hold_for,
+                timeout=self._hold_timeout,
+            )
+            if reached:
+                self.hold_released = True
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
