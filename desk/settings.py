@@ -50,6 +50,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "audit.context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -145,6 +146,10 @@ DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5")
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
 # Where people reach this AgentDesk: links in e-mails start with it.
+# Proxies whose X-Forwarded-For names the client's address in audit events (comma-separated).
+AUDIT_TRUSTED_PROXIES = frozenset(
+    filter(None, os.environ.get("AUDIT_TRUSTED_PROXIES", "").replace(" ", "").split(","))
+)
 DESK_BASE_URL = os.environ.get("DESK_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 # How long a signed approve/reject link in an e-mail stays valid (never past due + 1 day).
 DESK_APPROVAL_LINK_HOURS = int(os.environ.get("DESK_APPROVAL_LINK_HOURS", "72"))
