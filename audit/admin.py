@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing
 from copy import copy
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from audit.exports import (
-    CHUNK_SIZE,
     FORMATS,
     Export,
     ExportError,
@@ -46,9 +44,7 @@ def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
     actor = Actor.for_user(user)
     try:
         with rls.tenant_context(export.tenant_id, user_id=user.pk):
-            rows = events.iterator(chunk_size=CHUNK_SIZE)
-            with closing(rows):
-                yield from stream_bundle(export, rows)
+            yield from stream_bundle(export, events)
             record(
                 tenant=export.tenant_id,
                 actor=actor,
@@ -88,15 +84,21 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-seq")
     fieldsets = (
-        (None, {"fields": ("tenant", "seq", "created_at", "action", "reason")}),
+        (None, {"fields": ("tenant", "seq", "when", "action", "reason")}),
         ("Who", {"fields": ("actor_type", "actor_label", "actor_username", "role_version_id")}),
+        ("Request", {"fields": ("request_id", "client_ip", "user_agent")}),
         ("What", {"fields": ("object_type", "object_id", "run", "step_id", "data_pretty")}),
-        ("Chain", {"fields": ("prev_hash", "hash")}),
+        ("Chain", {"fields": ("payload", "payload_digest", "prev_hash", "hash")}),
     )
     readonly_fields = (
         "tenant",
         "seq",
-        "created_at",
+        "when",
+        "request_id",
+        "client_ip",
+        "user_agent",
+        "payload",
+        "payload_digest",
         "action",
         "reason",
         "actor_type",
@@ -193,7 +195,10 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="user")
     def actor_username(self, obj):
-        return username_of(obj.actor_user)
+        try:
+            return username_of(obj.actor_user)
+        except ObjectDoesNotExist:  # the trail outlives the user
+            return f"deleted user #{obj.actor_user_id}"
 
     @admin.display(description="object")
     def object(self, obj):
@@ -212,6 +217,13 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="reason")
     def short_reason(self, obj):
         return obj.reason if len(obj.reason) <= 80 else obj.reason[:79] + "…"
+
+    @admin.display(description="payload")
+    def payload(self, obj):
+        if obj.payload_redacted_at is None:
+            return "kept"
+        when = timezone.localtime(obj.payload_redacted_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return f"removed on {when} under the tenant's retention; its digest stays in the hash"
 
     @admin.display(description="data")
     def data_pretty(self, obj):
