@@ -31,6 +31,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -261,38 +262,46 @@ _TEXT_COLUMNS = {
     "reason",
     "hash",
 }
-# The export's columns as PostgreSQL computes them (audit.proof.EXPORT_COLUMNS, in order).
-_SQL = {
-    "tenant": "tenant_id",
-    "actor_user": "actor_user_id",
-    "created_at": _iso("created_at"),
-    "client_ip": "host(client_ip)",
-    "payload_redacted_at": (
-        f"CASE WHEN payload_redacted_at IS NULL THEN NULL ELSE {_iso('payload_redacted_at')} END"
-    ),
-}
+_TABLE = "audit_auditevent"
+_TABLE_COLUMN = {"tenant": "tenant_id", "actor_user": "actor_user_id"}
 
 
-def _csv_cell(name: str) -> str:
+def _column_sql(name: str) -> str:
+    """The export's column `name` (audit.proof.EXPORT_COLUMNS) as PostgreSQL computes it."""
+    column = f"{_TABLE}.{_TABLE_COLUMN.get(name, name)}"
+    if name == "created_at":
+        return _iso(column)
+    if name == "payload_redacted_at":
+        return f"CASE WHEN {column} IS NULL THEN NULL ELSE {_iso(column)} END"
+    if name == "client_ip":
+        return f"host({column})"
+    return column
+
+
+def _csv_cell_sql(name: str) -> str:
     if name in _TEXT_COLUMNS:
-        return _escaped(name)
-    return "data::text" if name == "data" else _SQL.get(name, name)
+        return _escaped(_column_sql(name))
+    return f"{_TABLE}.data::text" if name == "data" else _column_sql(name)
 
 
 def _postgres_chunks(events: QuerySet[AuditEvent], *, format: str) -> Iterator[bytes]:
-    ids_sql, params = events.values("pk").query.sql_with_params()
-    where = f"FROM audit_auditevent WHERE id IN ({ids_sql}) ORDER BY seq"
+    """The export file as PostgreSQL writes it: COPY of the queryset's own SQL (its filters,
+    its order by seq), one column per export column for CSV, one JSON text for JSON Lines."""
     if format == "csv":
-        cells = ", ".join(f"{_csv_cell(name)} AS {name}" for name in COLUMNS)
-        statement = f"COPY (SELECT {cells} {where}) TO STDOUT WITH (FORMAT csv, HEADER true)"
-        with connection.cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
-            yield from copy
-        return
-    pairs = ", ".join(f"'{name}', {_SQL.get(name, name)}" for name in COLUMNS)
-    with connection.connection.cursor(name="audit_export") as named:
-        named.execute(f"SELECT json_build_object({pairs})::text {where}", params)
-        while batch := named.fetchmany(CHUNK_SIZE):
-            yield ("\n".join(row[0] for row in batch) + "\n").encode("utf-8")
+        cells = {f"x{i}": RawSQL(_csv_cell_sql(name), ()) for i, name in enumerate(COLUMNS)}
+        options = "FORMAT csv"
+        yield (",".join(COLUMNS) + "\n").encode()
+    else:
+        pairs = ", ".join(f"'{name}', {_column_sql(name)}" for name in COLUMNS)
+        cells = {"x0": RawSQL(f"json_build_object({pairs})::text", ())}
+        # One JSON text per line, as is: CSV with a quote and a delimiter that JSON text
+        # never holds (PostgreSQL escapes every control character in it) quotes nothing.
+        options = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
+    query = events.annotate(**cells).values_list(*cells).query
+    sql, params = query.sql_with_params()
+    statement = f"COPY ({sql}) TO STDOUT WITH ({options})"
+    with connection.cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
+        yield from copy
 
 
 def start(export: Export) -> int:
