@@ -13,6 +13,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit import context
 from audit.exports import (
     FORMATS,
     Export,
@@ -38,12 +39,13 @@ def int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
+def _streamed(export: Export, events, *, user, request_info) -> Iterator[bytes]:
     """The bundle's bytes, read in the tenant's context; the export is audited once
-    complete, and a download given up half way is audited too."""
+    complete (with the request's id, address and agent: this runs after the request's
+    middleware), and a download given up half way is audited too."""
     actor = Actor.for_user(user)
     try:
-        with rls.tenant_context(export.tenant_id, user_id=user.pk):
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
             yield from stream_bundle(export, events)
             record(
                 tenant=export.tenant_id,
@@ -52,12 +54,12 @@ def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
                 data=audit_data(export, export.signed, via="admin"),
             )
     except GeneratorExit:
-        with rls.tenant_context(export.tenant_id, user_id=user.pk):
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
             record(
                 tenant=export.tenant_id,
                 actor=actor,
                 action="audit.export_abandoned",
-                data={"format": export.format, "events_sent": export.rows, "via": "admin"},
+                data={"format": export.format, "bytes_sent": export.size, "via": "admin"},
             )
         raise
 
@@ -167,7 +169,8 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
             tenant_id=tenant.pk, since=since, until=until, upto_seq=upto, events=filtered
         )
         response = StreamingHttpResponse(
-            _streamed(export, events, user=request.user), content_type="application/zip"
+            _streamed(export, events, user=request.user, request_info=context.current()),
+            content_type="application/zip",
         )
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = (
@@ -187,7 +190,8 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="time", ordering="created_at")
     def when(self, obj):
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        moment = timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return format_html('<span style="white-space: nowrap">{}</span>', moment)
 
     @admin.display(description="actor", ordering="actor_label")
     def actor(self, obj):

@@ -157,7 +157,7 @@ class Export:
     checkpoint_note: str = ""
     signed: dict[str, Any] | None = None  # the manifest, once made
     _sha256: Any = field(default_factory=hashlib.sha256, repr=False)
-    _bytes: int = 0
+    size: int = 0  # bytes of the file written so far
 
     @property
     def file_name(self) -> str:
@@ -176,7 +176,7 @@ class Export:
         with closing(chunks):
             for chunk in chunks:
                 self._sha256.update(chunk)
-                self._bytes += len(chunk)
+                self.size += len(chunk)
                 yield chunk
         # Rows up to the covering checkpoint never change: counting them after is exact.
         ordered = events.order_by("seq").values_list("seq", "hash")
@@ -201,7 +201,7 @@ class Export:
                     "name": self.file_name,
                     "format": self.format,
                     "sha256": self._sha256.hexdigest(),
-                    "bytes": self._bytes,
+                    "bytes": self.size,
                 },
                 "rows": self.rows,
                 "first_seq": first[0],
@@ -301,7 +301,14 @@ def _postgres_chunks(events: QuerySet[AuditEvent], *, format: str) -> Iterator[b
     sql, params = query.sql_with_params()
     statement = f"COPY ({sql}) TO STDOUT WITH ({options})"
     with connection.cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
-        yield from copy
+        try:
+            yield from copy
+        except GeneratorExit:
+            # A download given up: read the rest rather than cancel the COPY, whose cancel
+            # could land on the next statement (the rollback) and break the connection.
+            for _ in copy:
+                pass
+            raise
 
 
 def start(export: Export) -> int:
@@ -408,8 +415,10 @@ def stream_bundle(export: Export, events: QuerySet[AuditEvent]) -> Iterator[byte
     The manifest is the last member: it is known once the file is complete."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
-        with bundle.open(export.file_name, "w", force_zip64=True) as member:
-            for chunk in export.encoded(events):
+        chunks = export.encoded(events)
+        # closing(): a download given up ends the database read now, not when collected.
+        with closing(chunks), bundle.open(export.file_name, "w", force_zip64=True) as member:
+            for chunk in chunks:
                 member.write(chunk)
                 if sink._chunks:
                     yield sink.take()
