@@ -137,8 +137,8 @@ def harbor_only_role(harbor):
 def test_a_northwind_operator_cannot_create_a_key_for_harbor(
     client, ops_northwind, harbor, northwind, harbor_only_role
 ):
-    keys, events = ApiKey.objects.count(), AuditEvent.objects.count()
     client.force_login(ops_northwind)
+    keys, events = ApiKey.objects.count(), AuditEvent.objects.count()
 
     form_page = client.get(ADD_URL, {"tenant": harbor.pk})
     for_harbor = client.post(
