@@ -138,6 +138,29 @@ class TestFailedSignIn:
         ]
         assert not events("auth.signed_in")
 
+    def test_someone_without_admin_access_is_refused_and_recorded(self, client, db):
+        get_user_model().objects.create_user("client.contact", password="pw-contact-123")
+
+        response = sign_in(client, "client.contact", "pw-contact-123")
+
+        assert response.status_code == 200
+        assert "_auth_user_id" not in client.session
+        assert [(e.tenant_id, e.data) for e in events("auth.sign_in_failed")] == [
+            (None, {"username": "client.contact", "reason": "not_staff"})
+        ]
+        assert nothing_holds("pw-contact-123")
+
+    def test_a_nul_byte_in_the_name_is_refused_and_recorded_written_out(self, client, harbor):
+        response = sign_in(client, "reviewer.harbor\x00' OR 1=1", WRONG_PASSWORD)
+
+        failed = events("auth.sign_in_failed")
+        assert response.status_code == 200
+        assert [(e.tenant_id, e.data) for e in failed] == [
+            (None, {"username": "reviewer.harbor\\x00' OR 1=1", "reason": "invalid_username"})
+        ]
+        assert nothing_holds(WRONG_PASSWORD)
+        assert verify_chain(tenant_id=None) == []
+
     def test_a_10_kb_name_is_recorded_shortened(self, client, harbor):
         name = "reviewer.harbor" + "x" * 10_240
 
