@@ -1,13 +1,39 @@
-"""People's accounts in the admin: its sign-in form, so that every refused sign-in is on
-the record."""
+"""People's accounts in the admin: Django's user admin with passwords set through the
+service that puts them on the record, the admin's own "change my password" page, and its
+sign-in form.
+
+Only a tenant's member sets their password, or platform staff holding an open break-glass
+grant on each of the member's tenants; anyone else's attempt (a superuser's too) is refused
+and recorded.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.core.exceptions import ValidationError
+from django.contrib.admin.forms import AdminPasswordChangeForm as OwnPasswordChangeForm
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model, update_session_auth_hash
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.utils.html import escape
+from django.views.decorators.debug import sensitive_post_parameters
 
 from audit.auth_events import SignInFailure, record_failed_sign_in
+from audit.services import Actor
+from tenants.services import (
+    PasswordResetRefused,
+    change_own_password,
+    reset_password,
+)
+
+User = get_user_model()
 
 
 class AuditedAuthenticationForm(AdminAuthenticationForm):
@@ -32,4 +58,108 @@ class AuditedAuthenticationForm(AdminAuthenticationForm):
             raise
 
 
+class OwnPasswordChangeView(auth_views.PasswordChangeView):
+    """Django's "change my password" page (old password, new one twice), through the
+    service that records it."""
+
+    form_class = OwnPasswordChangeForm
+
+    def form_valid(self, form):
+        change_own_password(user=form.user, password=form.cleaned_data["new_password1"])
+        update_session_auth_hash(self.request, form.user)
+        return HttpResponseRedirect(self.get_success_url())
+
+
+def password_change(request, extra_context=None):
+    """`AdminSite.password_change`, with the page above."""
+    site = admin.site
+    defaults = {
+        "success_url": reverse("admin:password_change_done", current_app=site.name),
+        "extra_context": {**site.each_context(request), **(extra_context or {})},
+    }
+    if site.password_change_template is not None:
+        defaults["template_name"] = site.password_change_template
+    request.current_app = site.name
+    return OwnPasswordChangeView.as_view(**defaults)(request)
+
+
 admin.site.login_form = AuditedAuthenticationForm
+admin.site.password_change = password_change
+
+
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class AccountAdmin(UserAdmin):
+    """Django's user admin, with passwords set through reset_password."""
+
+    @method_decorator(sensitive_post_parameters())
+    def user_change_password(self, request, id, form_url=""):
+        if request.method != "POST":
+            return super().user_change_password(request, id, form_url)
+        # Django's page, with the password set through reset_password, which may refuse.
+        user = self.get_object(request, unquote(id))
+        if not self.has_change_permission(request, user):
+            raise PermissionDenied
+        if user is None:
+            raise Http404(f"No user with primary key {escape(id)!r}.")
+        form = self.change_password_form(user, request.POST)
+        if form.is_valid():
+            usable = form.cleaned_data["set_usable_password"]
+            if not usable and "unset-password" not in request.POST:
+                messages.error(request, "Conflicting form data submitted. Please try again.")
+                return HttpResponseRedirect(request.get_full_path())
+            try:
+                reset_password(
+                    user=user,
+                    password=form.cleaned_data["password1"] if usable else None,
+                    actor=Actor.for_user(request.user),
+                    via="admin",
+                )
+            except PasswordResetRefused as refused:
+                form.add_error(None, str(refused))
+            else:
+                self.log_change(request, user, self.construct_change_message(request, form, None))
+                message = (
+                    "Password changed successfully."
+                    if usable
+                    else "Password-based authentication was disabled."
+                )
+                messages.success(request, message)
+                update_session_auth_hash(request, form.user)
+                return HttpResponseRedirect(
+                    reverse(f"{self.admin_site.name}:auth_user_change", args=(user.pk,))
+                )
+        return self._password_page(request, user, form, form_url)
+
+    def _password_page(self, request, user, form, form_url):
+        # The context Django's UserAdmin.user_change_password renders its form with.
+        title = "Change password: %s" if user.has_usable_password() else "Set password: %s"
+        context = {
+            "title": title % escape(user.get_username()),
+            "adminForm": admin.helpers.AdminForm(
+                form, [(None, {"fields": list(form.base_fields)})], {}
+            ),
+            "form_url": form_url,
+            "form": form,
+            "is_popup": IS_POPUP_VAR in request.POST or IS_POPUP_VAR in request.GET,
+            "is_popup_var": IS_POPUP_VAR,
+            "add": True,
+            "change": False,
+            "has_delete_permission": False,
+            "has_change_permission": True,
+            "has_absolute_url": False,
+            "opts": self.opts,
+            "original": user,
+            "save_as": False,
+            "show_save": True,
+            **self.admin_site.each_context(request),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request,
+            self.change_user_password_template or "admin/auth/user/change_password.html",
+            context,
+        )
