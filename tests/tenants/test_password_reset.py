@@ -10,6 +10,8 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.core.management import call_command, get_commands
+from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -268,3 +270,76 @@ class TestOwnPassword:
             (None, "auth.password_changed")
         ]
         assert client.get(reverse("admin:index")).status_code == 200
+
+
+class TestChangepasswordCommand:
+    @pytest.fixture
+    def typed(self, monkeypatch):
+        monkeypatch.setattr("getpass.getpass", lambda prompt="": NEW_PASSWORD)
+
+    def run(self, *args) -> tuple[int, str]:
+        """The command's exit status (run_from_argv exits with a CommandError's returncode)
+        and its error message."""
+        try:
+            call_command("changepassword", *args)
+        except CommandError as error:
+            return error.returncode, str(error)
+        return 0, ""
+
+    def test_the_command_is_ours(self):
+        assert get_commands()["changepassword"] == "tenants"
+
+    def test_resetting_a_reviewers_password_from_the_shell_is_refused(
+        self, typed, reviewer, harbor
+    ):
+        before, since = hash_of(reviewer), last_event_id()
+
+        status, message = self.run("reviewer.harbor")
+
+        events = new_events(since)
+        assert status == 1
+        assert message.endswith("Give --break-glass GRANT_ID for each of their tenants.")
+        assert hash_of(reviewer) == before
+        assert [(e.tenant_id, e.action, e.actor_label) for e in events] == [
+            (harbor.pk, "auth.password_reset_refused", "command:changepassword")
+        ]
+        assert events[0].data == {"user": "reviewer.harbor", "via": "command", "grant": None}
+
+    def test_a_closed_grant_does_not_open_the_command(self, typed, staff, reviewer, harbor):
+        grant = open_break_glass(user=staff, tenant=harbor, reason=REASON)
+        close_break_glass(grant=grant, actor=Actor.for_user(staff))
+        before, since = hash_of(reviewer), last_event_id()
+
+        status, _ = self.run("reviewer.harbor", "--break-glass", str(grant.pk))
+
+        assert status == 1
+        assert hash_of(reviewer) == before
+        assert [e.action for e in new_events(since)] == ["auth.password_reset_refused"]
+
+    def test_with_an_open_grant_the_command_resets_it_naming_the_grant(
+        self, typed, staff, reviewer, harbor, client
+    ):
+        grant = open_break_glass(user=staff, tenant=harbor, reason=REASON)
+        since = last_event_id()
+
+        status, _ = self.run("reviewer.harbor", "--break-glass", str(grant.pk))
+
+        events = new_events(since)
+        assert status == 0
+        assert [(e.tenant_id, e.action, e.reason) for e in events] == [
+            (harbor.pk, "auth.password_reset", REASON)
+        ]
+        assert events[0].data["grant"] == grant.pk
+        assert events[0].data["grant_holder"] == "sre"
+        assert can_sign_in(client, reviewer, NEW_PASSWORD)
+
+    def test_someone_in_no_tenant_needs_no_grant(self, typed, staff, client):
+        since = last_event_id()
+
+        status, _ = self.run("sre")
+
+        assert status == 0
+        assert [(e.tenant_id, e.action) for e in new_events(since)] == [
+            (None, "auth.password_reset")
+        ]
+        assert can_sign_in(client, staff, NEW_PASSWORD)
