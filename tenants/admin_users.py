@@ -1,10 +1,10 @@
-"""People's accounts in the admin: Django's user admin with passwords set through the
-service that puts them on the record, the admin's own "change my password" page, and its
-sign-in form.
+"""People's accounts in the admin: Django's user admin through the services that put them
+on the record, the admin's own "change my password" page, and its sign-in form.
 
-Only a tenant's member sets their password, or platform staff holding an open break-glass
-grant on each of the member's tenants; anyone else's attempt (a superuser's too) is refused
-and recorded.
+Whoever changes a tenant member's account does it on that tenant's audit trail. Only the
+member sets their password, or platform staff holding an open break-glass grant on each of
+the member's tenants; anyone else's attempt (a superuser's too) is refused and recorded. A
+member's account is not deleted here: their tenants' operators revoke their memberships.
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from audit.auth_events import SignInFailure, record_failed_sign_in
 from audit.services import Actor
+from tenants.models import Membership
+from tenants.selectors import membership_tenant_ids
 from tenants.services import (
     PasswordResetRefused,
+    add_user,
     change_own_password,
+    delete_user,
     reset_password,
+    update_user,
 )
 
 User = get_user_model()
@@ -87,13 +92,51 @@ admin.site.login_form = AuditedAuthenticationForm
 admin.site.password_change = password_change
 
 
+def is_tenant_member(user) -> bool:
+    return bool(membership_tenant_ids(user))
+
+
 if admin.site.is_registered(User):
     admin.site.unregister(User)
 
 
 @admin.register(User)
 class AccountAdmin(UserAdmin):
-    """Django's user admin, with passwords set through reset_password."""
+    """Django's user admin, each write through a service that records it."""
+
+    def save_model(self, request, obj, form, change):
+        actor = Actor.for_user(request.user)
+        if not change:
+            add_user(user=obj, actor=actor)
+            return
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        changes.pop("password", None)  # shown, never set, on this form
+        update_user(user=obj, actor=actor, changes=changes)
+
+    def save_related(self, request, form, formsets, change):
+        if not change:
+            super().save_related(request, form, formsets, change)
+            return
+        # update_user has set the groups and permissions with the rest, and recorded them.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Deleting a member takes their memberships with them, which is their tenants'
+        # operators' to do. (On PostgreSQL the memberships are out of sight here.)
+        if any(is_tenant_member(user) for user in objs):
+            perms_needed.add(Membership._meta.verbose_name)
+        return deleted, model_count, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        delete_user(user=obj, actor=Actor.for_user(request.user))
+
+    def delete_queryset(self, request, queryset):
+        # delete_selected has refused members on its confirmation page.
+        actor = Actor.for_user(request.user)
+        for user in queryset:
+            delete_user(user=user, actor=actor)
 
     @method_decorator(sensitive_post_parameters())
     def user_change_password(self, request, id, form_url=""):

@@ -6,7 +6,9 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
 from django.db.models import F
@@ -27,6 +29,7 @@ from tenants.models import (
     Tenant,
 )
 from tenants.permissions import KIND_PERMISSIONS, MANAGED_PERMISSIONS
+from tenants.selectors import membership_tenant_ids
 
 
 def sync_tenant_permissions(*, user, tenant: Tenant) -> None:
@@ -383,7 +386,7 @@ def record_break_glass_view(*, user, grant_ids: list[int], method: str, path: st
         )
 
 
-# --- people's accounts: passwords --------------------------------------------------------------
+# --- people's accounts: passwords, and administrators' changes to users ---------------------
 #
 # A tenant's member's account is part of that tenant's record: whoever changes it, it is an
 # event on each of their tenants' chains (the platform chain for anyone else's account).
@@ -392,6 +395,20 @@ def record_break_glass_view(*, user, grant_ids: list[int], method: str, path: st
 class PasswordResetRefused(PermissionDenied):
     """Someone set a tenant member's password without a break-glass grant on each of the
     member's tenants (the refusal is recorded)."""
+
+
+USER_FIELDS = {
+    "username",
+    "first_name",
+    "last_name",
+    "email",
+    "is_active",
+    "is_staff",
+    "is_superuser",
+    "last_login",
+    "date_joined",
+}
+USER_RELATIONS = {"groups", "user_permissions"}
 
 
 def change_own_password(*, user, password: str | None) -> None:
@@ -493,3 +510,90 @@ def _set_password(user, password: str | None) -> None:
     else:
         user.set_password(password)
     user.save(update_fields=["password"])
+
+
+def add_user(*, user, actor: Actor) -> None:
+    """Save an account an administrator made (it belongs to no tenant yet), on the record."""
+    with locking.tracked(), rls.platform_context():
+        user.save()
+        record(
+            tenant=None,
+            actor=actor,
+            action="auth.user_created",
+            obj=user,
+            data={
+                "user": user.get_username(),
+                "is_staff": user.is_staff,
+                "is_superuser": user.is_superuser,
+                "usable_password": user.has_usable_password(),
+            },
+        )
+
+
+def update_user(*, user, actor: Actor, changes: dict[str, Any]) -> dict[str, list]:
+    """Apply an administrator's changes to an account (its fields, groups and permissions;
+    never its password) and record them on the chains of the user's tenants.
+
+    Raises ValueError for anything else (a programming error, not user input).
+    """
+    User = get_user_model()
+    changes = dict(changes)
+    relations = {name: changes.pop(name) for name in USER_RELATIONS & set(changes)}
+    chains = user_chains(user)
+    with locking.tracked(), chains_context(chains):
+        saved = lock(User.objects.all(), Level.ROW).get(pk=user.pk)
+        diff = apply_changes(saved, changes, allowed=USER_FIELDS)
+        for name, values in relations.items():
+            before = sorted(_relation_names(getattr(saved, name).all()))
+            after = sorted(_relation_names(values))
+            if before != after:
+                diff[name] = [before, after]
+        if not diff:
+            return diff
+        fields = sorted(set(diff) - USER_RELATIONS)
+        if fields:
+            saved.save(update_fields=fields)
+        for name, values in relations.items():
+            if name in diff:
+                getattr(saved, name).set(values)
+        for chain in chains:
+            record(
+                tenant=chain,
+                actor=actor,
+                action="auth.user_changed",
+                obj=saved,
+                data={"user": saved.get_username(), "changes": diff},
+            )
+    return diff
+
+
+def _relation_names(objects) -> list[str]:
+    names = []
+    for obj in objects:
+        content_type = getattr(obj, "content_type", None)  # a permission: "app.codename"
+        names.append(f"{content_type.app_label}.{obj.codename}" if content_type else str(obj))
+    return names
+
+
+def delete_user(*, user, actor: Actor) -> None:
+    """Delete an account that belongs to no tenant, on the platform's record.
+
+    Raises PermissionDenied for a tenant's member: their tenants' operators revoke their
+    memberships first (or an administrator makes the account inactive).
+    """
+    if membership_tenant_ids(user):
+        raise PermissionDenied(
+            f"{user.get_username()} is a member of a client tenant: their tenants' operators "
+            "remove their memberships first."
+        )
+    with locking.atomic():
+        with rls.platform_context():
+            record(
+                tenant=None,
+                actor=actor,
+                action="auth.user_deleted",
+                obj=user,
+                data={"user": user.get_username()},
+            )
+        # In the caller's own context: rows of tenants it cannot see are not touched.
+        user.delete()
