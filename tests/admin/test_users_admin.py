@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import verify_chain
+from audit.verification import verify_chain
 from tenants.models import Membership
 
 User = get_user_model()
@@ -80,7 +80,9 @@ def test_a_superuser_deactivating_a_reviewer_is_on_the_tenants_record(
     since = last_event_id()
 
     response = client.post(
-        change_url(reviewer), change_form(reviewer, is_active=False, groups=[partners.pk])
+        change_url(reviewer),
+        change_form(reviewer, is_active=False, groups=[partners.pk]),
+        headers={"X-Request-ID": "offboard-0001"},
     )
 
     events = new_events(since)
@@ -95,6 +97,7 @@ def test_a_superuser_deactivating_a_reviewer_is_on_the_tenants_record(
         "user": "reviewer.harbor",
         "changes": {"is_active": [True, False], "groups": [[], ["Partners (platform)"]]},
     }
+    assert (events[0].request_id, events[0].client_ip) == ("offboard-0001", "127.0.0.1")
     assert verify_chain(tenant_id=harbor.pk) == []
 
 

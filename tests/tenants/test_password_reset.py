@@ -16,7 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import Actor, verify_chain
+from audit.services import Actor
+from audit.verification import verify_chain
 from desk.demo import DEMO_PASSWORD
 from tenants.models import BreakGlassGrant
 from tenants.services import close_break_glass, grant_platform_staff, open_break_glass
@@ -76,7 +77,12 @@ class TestAdminResets:
         client.force_login(superuser)
         since = last_event_id()
 
-        response = client.post(password_url(reviewer), reset_form())
+        response = client.post(
+            password_url(reviewer),
+            reset_form(),
+            headers={"User-Agent": "curl/8.5", "X-Request-ID": "takeover-0001"},
+            REMOTE_ADDR="203.0.113.7",
+        )
 
         events = new_events(since)
         assert response.status_code == 200
@@ -91,6 +97,11 @@ class TestAdminResets:
             (harbor.pk, "auth.password_reset_refused", superuser, str(reviewer.pk))
         ]
         assert events[0].data == {"user": "reviewer.harbor", "via": "admin", "grant": None}
+        assert (events[0].request_id, events[0].client_ip, events[0].user_agent) == (
+            "takeover-0001",
+            "203.0.113.7",
+            "curl/8.5",
+        )
         assert NEW_PASSWORD not in str(events[0].data)
         assert verify_chain(tenant_id=harbor.pk) == []
 
@@ -182,10 +193,13 @@ class TestAdminResets:
         client.force_login(staff)
         since = last_event_id()
 
-        response = client.post(password_url(reviewer), reset_form())
+        response = client.post(
+            password_url(reviewer), reset_form(), headers={"X-Request-ID": "ticket-4522-reset"}
+        )
 
         resets = [e for e in new_events(since) if e.action.startswith("auth.password")]
         assert response.status_code == 302
+        assert [e.request_id for e in resets] == ["ticket-4522-reset"]
         assert [(e.tenant_id, e.action, e.actor_user, e.reason) for e in resets] == [
             (harbor.pk, "auth.password_reset", staff, REASON)
         ]
