@@ -47,8 +47,8 @@ def test_nobody_may_add_change_or_delete_an_event(users, superuser, event, usern
 def test_posting_to_an_events_pages_changes_nothing(client, users, superuser, event, username):
     user = superuser if username == "superuser" else users[username]
     before = AuditEvent.objects.filter(pk=event.pk).values().get()
-    count = AuditEvent.objects.count()
     client.force_login(user)
+    count = AuditEvent.objects.count()
 
     change = client.post(
         reverse("admin:audit_auditevent_change", args=[event.pk]),
