@@ -161,6 +161,8 @@ DESK_DEFAULT_APPROVAL = {
     "max_reminders": 2,
     "max_rounds": 3,
 }
+# What the audit reports read of runs and roles (audit.reports.RunRecords); desk implements it.
+AUDIT_RUN_RECORDS = "desk.report_records.RunRecords"
 # Where desk announces what happened to runs (desk.events); webhooks implements it.
 DESK_EVENT_SINK = "webhooks.services.emit"
 # Who hands each outbox channel's messages over (desk.services.outbox): channel -> handler.
