@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py audit_key --create
 	$(PY) manage.py seed_demo
 	$(PY) manage.py serve_all
 

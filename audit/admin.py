@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from collections.abc import Iterator
+from contextlib import closing
+from copy import copy
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit.exports import FORMATS, events_for_export, iter_export
+from audit.exports import (
+    CHUNK_SIZE,
+    FORMATS,
+    Export,
+    ExportError,
+    audit_data,
+    events_for_export,
+    parse_bound,
+    start,
+    stream_bundle,
+)
 from audit.models import AuditEvent
 from audit.services import Actor, record
+from tenants import rls
 from tenants.admin_scoping import TenantScopedAdmin, pretty_json, username_of
 from tenants.permissions import can_audit_tenant
 from tenants.scoping import tenants_for_user
 
-CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+# Changelist parameters that page or sort, and choose no events.
+NOT_FILTERS = {"p", "o", "e", "_changelist_filters"}
+
+
+def int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
+    """The bundle's bytes, read in the tenant's context; the export is audited once
+    complete, and a download given up half way is audited too."""
+    actor = Actor.for_user(user)
+    try:
+        with rls.tenant_context(export.tenant_id, user_id=user.pk):
+            rows = events.iterator(chunk_size=CHUNK_SIZE)
+            with closing(rows):
+                yield from stream_bundle(export, rows)
+            record(
+                tenant=export.tenant_id,
+                actor=actor,
+                action="audit.exported",
+                data=audit_data(export, export.signed, via="admin"),
+            )
+    except GeneratorExit:
+        with rls.tenant_context(export.tenant_id, user_id=user.pk):
+            record(
+                tenant=export.tenant_id,
+                actor=actor,
+                action="audit.export_abandoned",
+                data={"format": export.format, "events_sent": export.rows, "via": "admin"},
+            )
+        raise
 
 
 @admin.register(AuditEvent)
@@ -26,7 +73,7 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     add_access = change_access = delete_access = None
     list_display = (
         "seq",
-        "created_at",
+        "when",
         "tenant",
         "actor",
         "action",
@@ -75,32 +122,70 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
         exportable = [
             t for t in tenants_for_user(request.user) if can_audit_tenant(request.user, t)
         ]
-        extra_context = {"exportable_tenants": exportable, "export_formats": FORMATS}
-        return super().changelist_view(request, {**extra_context, **(extra_context or {})})
+        filters = [(k, v) for k, v in request.GET.items() if k not in NOT_FILTERS]
+        extra_context = {
+            "exportable_tenants": exportable,
+            "export_formats": FORMATS,
+            "export_filters": filters,
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra_context)
 
     def export_view(self, request):
-        """The tenant's whole trail in chain order, as a download; the export is audited."""
-        fmt = request.GET.get("format", "")
-        tenant = tenants_for_user(request.user).filter(pk=request.GET.get("tenant") or 0).first()
+        """A ZIP of the tenant's events in chain order (for the period and the changelist's
+        filters) and their signed manifest, streamed as it is made; the export is audited."""
+        params = request.GET.copy()
+        fmt = params.pop("format", [""])[-1]
+        tenant_pk = params.pop("tenant", [""])[-1]
+        since_text, until_text = params.pop("since", [""])[-1], params.pop("until", [""])[-1]
+        tenant = tenants_for_user(request.user).filter(pk=int_or_zero(tenant_pk)).first()
         if tenant is None or fmt not in FORMATS:
             raise Http404("No such export.")
         if not can_audit_tenant(request.user, tenant):
             raise PermissionDenied
-        events = events_for_export(tenant_id=tenant.pk)
-        body = "".join(iter_export(events.iterator(chunk_size=2000), format=fmt))
-        record(
-            tenant=tenant,
-            actor=Actor.for_user(request.user),
-            action="audit.exported",
-            obj=tenant,
-            data={"format": fmt, "events": events.count(), "via": "admin"},
+        back = f"{reverse('admin:audit_auditevent_changelist')}?{params.urlencode()}"
+        try:
+            since = parse_bound(since_text, is_end=False) if since_text else None
+            until = parse_bound(until_text, is_end=True) if until_text else None
+            filtered = self._filtered(request, params)
+            export = Export(
+                tenant_id=tenant.pk,
+                tenant_slug=tenant.slug,
+                format=fmt,
+                since=since,
+                until=until,
+                filters={k: v for k, v in params.items() if k not in NOT_FILTERS},
+                exported_by=request.user.get_username(),
+            )
+            upto = start(export)
+        except ExportError as exc:
+            messages.error(request, f"Nothing was exported: {exc}")
+            return HttpResponseRedirect(back)
+        events = events_for_export(
+            tenant_id=tenant.pk, since=since, until=until, upto_seq=upto, events=filtered
         )
-        response = HttpResponse(body, content_type=CONTENT_TYPES[fmt])
-        stamp = timezone.now().strftime("%Y%m%d-%H%M")
+        response = StreamingHttpResponse(
+            _streamed(export, events, user=request.user), content_type="application/zip"
+        )
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = (
-            f'attachment; filename="audit-{tenant.slug}-{stamp}.{fmt}"'
+            f'attachment; filename="audit-{tenant.slug}-{stamp}-{fmt}.zip"'
         )
         return response
+
+    def _filtered(self, request, params):
+        """The changelist's events for these filters (its own filtering, search and date
+        drill-down); ExportError if the filters are not the changelist's."""
+        changelist_request = copy(request)
+        changelist_request.GET = params
+        try:
+            return self.get_changelist_instance(changelist_request).queryset
+        except IncorrectLookupParameters:
+            raise ExportError("the filters are not ones the audit trail offers.") from None
+
+    @admin.display(description="time", ordering="created_at")
+    def when(self, obj):
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     @admin.display(description="actor", ordering="actor_label")
     def actor(self, obj):

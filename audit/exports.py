@@ -1,49 +1,45 @@
-"""Audit exports: one tenant's events in chain order, as CSV or JSON Lines.
+"""Audit exports anyone can verify: one tenant's events in chain order, with a manifest.
 
-Rows are streamed from the database (`QuerySet.iterator`), so an export of any size runs in
-constant memory. `iter_export` yields text chunks (for a file or a StreamingHttpResponse);
-`write_export` writes a file atomically: a temporary file beside the target, renamed into
-place only once complete, so a failed export leaves no partial file behind.
+An export starts with a fresh signed checkpoint of the tenant's chain and carries the
+events up to it, every field the hashes cover (audit.proof.EXPORT_COLUMNS), so each row's
+hash can be recomputed from the file alone. Its manifest (audit.proof) names the query,
+the period, the rows, the first and last sequence number and hash, the file's SHA-256 and
+the covering checkpoint, and is signed; `audit_verify --export` and
+`python -m audit.proof verify-export` check it without the database.
+
+Rows stream from a database cursor in chunks and are written as they come, so an export
+of any size runs in constant memory: `write_export` writes FILE and FILE.manifest.json
+(each atomically: a temporary file renamed into place once complete), `stream_bundle`
+yields a ZIP of both for a download.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from audit import checkpoints, proof, signing
 from audit.models import AuditEvent
+from audit.services import export_row
 
-COLUMNS = (
-    "seq",
-    "created_at",
-    "actor_type",
-    "actor_label",
-    "action",
-    "object_type",
-    "object_id",
-    "run_id",
-    "step_id",
-    "role_version_id",
-    "reason",
-    "data",
-    "hash",
-    "prev_hash",
-)
+COLUMNS = proof.EXPORT_COLUMNS
 FORMATS = ("csv", "jsonl")
-CHUNK_SIZE = 2000
+CHUNK_SIZE = 5000
 
 
 class ExportError(Exception):
@@ -75,63 +71,58 @@ def parse_bound(value: str, *, is_end: bool) -> datetime:
     return moment
 
 
+def check_period(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and since >= until:
+        raise ExportError("The period is empty: the start must be before the end.")
+
+
 def events_for_export(
-    *, tenant_id: int, since: datetime | None = None, until: datetime | None = None
+    *,
+    tenant_id: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    upto_seq: int | None = None,
+    events: QuerySet[AuditEvent] | None = None,
 ) -> QuerySet[AuditEvent]:
-    """The tenant's events from `since` (inclusive) to `until` (exclusive), in chain order."""
-    events = AuditEvent.objects.filter(tenant_id=tenant_id)
+    """The tenant's events (of `events`, e.g. a changelist's filtered set) from `since`
+    (inclusive) to `until` (exclusive) and up to `upto_seq`, in chain order."""
+    events = (AuditEvent.objects.all() if events is None else events).filter(tenant_id=tenant_id)
     if since is not None:
         events = events.filter(created_at__gte=since)
     if until is not None:
         events = events.filter(created_at__lt=until)
+    if upto_seq is not None:
+        events = events.filter(seq__lte=upto_seq)
     return events.order_by("seq")
 
 
-def export_row(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "created_at": event.created_at.isoformat(),
-        "actor_type": event.actor_type,
-        "actor_label": event.actor_label,
-        "action": event.action,
-        "object_type": event.object_type,
-        "object_id": event.object_id,
-        "run_id": event.run_id,
-        "step_id": event.step_id,
-        "role_version_id": event.role_version_id,
-        "reason": event.reason,
-        "data": event.data,
-        "hash": event.hash,
-        "prev_hash": event.prev_hash,
-    }
-
-
-def _dumps(value: Any, *, sort_keys: bool = False) -> str:
-    return json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False, sort_keys=sort_keys)
-
-
 def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
-    """A header line, then one CSV line per event; `data` is a JSON cell."""
+    """A header line, then one CSV line per event; `data` is a JSON cell, and cells that a
+    spreadsheet would run as a formula are escaped (audit.proof.csv_escape)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
-    def line(values) -> str:
+    def lines(rows) -> str:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(values)
+        writer.writerows(rows)
         return buffer.getvalue()
 
-    yield line(COLUMNS)
+    yield lines([COLUMNS])
+    batch = []
     for event in events:
-        row = export_row(event)
-        row["data"] = _dumps(row["data"], sort_keys=True)
-        yield line("" if row[c] is None else row[c] for c in COLUMNS)
+        batch.append(proof.csv_cells(export_row(event)))
+        if len(batch) == 500:
+            yield lines(batch)
+            batch = []
+    if batch:
+        yield lines(batch)
 
 
 def iter_jsonl(events: Iterable[AuditEvent]) -> Iterator[str]:
     """One JSON object per line, keys in column order; `data` stays a nested object."""
     for event in events:
-        yield _dumps(export_row(event)) + "\n"
+        yield json.dumps(export_row(event), ensure_ascii=False) + "\n"
 
 
 def iter_export(events: Iterable[AuditEvent], *, format: str) -> Iterator[str]:
@@ -146,40 +137,102 @@ def iter_export(events: Iterable[AuditEvent], *, format: str) -> Iterator[str]:
     raise ExportError(f"Unknown format '{format}'; choose one of: {', '.join(FORMATS)}.")
 
 
-def write_export(
-    *,
-    path: str | os.PathLike,
-    tenant_id: int,
-    format: str,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> int:
-    """Write the tenant's events to `path` atomically; return how many were written.
+@dataclass
+class Export:
+    """One export under way: what was asked, and what has been written so far."""
 
-    The file is created readable by its owner only: audit data is confidential.
-    Raises ExportError (unknown format, empty period, unusable path); nothing is written then.
-    """
-    if format not in FORMATS:
-        raise ExportError(f"Unknown format '{format}'; choose one of: {', '.join(FORMATS)}.")
-    if since is not None and until is not None and since >= until:
-        raise ExportError("The period is empty: --since must be before --until.")
-    target = Path(path)
-    if target.is_dir():
-        raise ExportError(f"{target} is a directory; give a file name.")
-    if not target.parent.is_dir():
-        raise ExportError(f"The directory {target.parent} does not exist.")
+    tenant_id: int
+    tenant_slug: str
+    format: str
+    since: datetime | None = None
+    until: datetime | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+    exported_by: str = ""
+    name: str = ""  # the file's name; "events.<format>" inside a bundle
+    rows: int = 0
+    first: tuple[int, str] | None = None
+    last: tuple[int, str] | None = None
+    checkpoint_note: str = ""
+    signed: dict[str, Any] | None = None  # the manifest, once made
+    _sha256: Any = field(default_factory=hashlib.sha256, repr=False)
+    _bytes: int = 0
 
-    count = 0
+    @property
+    def file_name(self) -> str:
+        return self.name or f"events.{self.format}"
 
-    def counted(events: Iterable[AuditEvent]) -> Iterator[AuditEvent]:
-        nonlocal count
-        for event in events:
-            count += 1
-            yield event
+    def encoded(self, events: Iterable[AuditEvent]) -> Iterator[bytes]:
+        """The file's bytes, chunk by chunk, counted and hashed on the way."""
 
-    events = events_for_export(tenant_id=tenant_id, since=since, until=until).iterator(
-        chunk_size=CHUNK_SIZE
-    )
+        def counted():
+            for event in events:
+                self.rows += 1
+                self.first = self.first or (event.seq, event.hash)
+                self.last = (event.seq, event.hash)
+                yield event
+
+        for text in iter_export(counted(), format=self.format):
+            chunk = text.encode("utf-8")
+            self._sha256.update(chunk)
+            self._bytes += len(chunk)
+            yield chunk
+
+    def manifest(self) -> dict[str, Any]:
+        """The signed manifest; only once every chunk has been written."""
+        first, last = self.first or (None, None), self.last or (None, None)
+        self.signed = proof.sign_manifest(
+            {
+                "kind": "audit-export",
+                "tenant": {"id": self.tenant_id, "slug": self.tenant_slug},
+                "query": {
+                    "since": self.since.isoformat() if self.since else None,
+                    "until": self.until.isoformat() if self.until else None,
+                    "filters": self.filters,
+                },
+                "contiguous": not self.filters,
+                "file": {
+                    "name": self.file_name,
+                    "format": self.format,
+                    "sha256": self._sha256.hexdigest(),
+                    "bytes": self._bytes,
+                },
+                "rows": self.rows,
+                "first_seq": first[0],
+                "first_hash": first[1],
+                "last_seq": last[0],
+                "last_hash": last[1],
+                "checkpoint": self.checkpoint_note,
+                "exported_at": timezone.now().isoformat(),
+                "exported_by": self.exported_by,
+            },
+            signing.signer(),
+        )
+        return self.signed
+
+
+def start(export: Export) -> int:
+    """Check the request, then sign a checkpoint of the chain as it is now: the export
+    covers the events up to it. Returns that last sequence number.
+
+    Call it outside the export's transaction: the checkpoint holds the chain's head locked
+    while it is written, and the chain must not stay locked while the rows stream.
+    Raises ExportError (unknown format, empty period, no signing key, store refused)."""
+    if export.format not in FORMATS:
+        raise ExportError(f"Unknown format '{export.format}'; choose one of: {', '.join(FORMATS)}.")
+    check_period(export.since, export.until)
+    try:
+        written = checkpoints.checkpoint(export.tenant_id)
+    except (signing.SigningKeyMissing, checkpoints.CheckpointStoreError) as exc:
+        raise ExportError(f"Cannot sign the export: {exc}") from None
+    export.checkpoint_note = written.note
+    return written.checkpoint.size
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _atomic_write(target: Path, chunks: Iterable[bytes]) -> None:
     try:
         fd, temp_name = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=".part"
@@ -187,10 +240,8 @@ def write_export(
     except OSError as exc:
         raise ExportError(f"Cannot write to {target.parent}: {exc.strerror}.") from None
     try:
-        # closing(): a failed export closes its database cursor at once, while the
-        # transaction that holds it is still open (on PostgreSQL it is a server-side cursor).
-        with closing(events), os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            for chunk in iter_export(counted(events), format=format):
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -200,12 +251,95 @@ def write_export(
         if isinstance(exc, OSError):
             raise ExportError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
         raise
-    return count
 
 
-def describe_period(since: datetime | None, until: datetime | None) -> str:
-    if since is None and until is None:
-        return "all time"
-    start = since.isoformat() if since else "the beginning"
-    end = until.isoformat() if until else "now"
-    return f"{start} to {end} (exclusive)"
+def check_target(path: str | os.PathLike) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise ExportError(f"{target} is a directory; give a file name.")
+    if not target.parent.is_dir():
+        raise ExportError(f"The directory {target.parent} does not exist.")
+    return target
+
+
+def write_export(
+    *,
+    path: str | os.PathLike,
+    export: Export,
+    upto_seq: int,
+    events: QuerySet[AuditEvent] | None = None,
+) -> dict[str, Any]:
+    """Write the export's events up to `upto_seq` (see `start`) to `path` and its
+    manifest beside it (`path`.manifest.json), each readable by its owner only (audit
+    data is confidential); return the manifest.
+
+    Raises ExportError for an unusable path; nothing is written then.
+    """
+    target = check_target(path)
+    upto = upto_seq
+    rows = events_for_export(
+        tenant_id=export.tenant_id,
+        since=export.since,
+        until=export.until,
+        upto_seq=upto,
+        events=events,
+    ).iterator(chunk_size=CHUNK_SIZE)
+    # closing(): a failed export closes its database cursor at once, while the transaction
+    # that holds it is still open (on PostgreSQL it is a server-side cursor).
+    with closing(rows):
+        _atomic_write(target, export.encoded(rows))
+    manifest = export.manifest()
+    _atomic_write(target.with_name(target.name + ".manifest.json"), [manifest_bytes(manifest)])
+    return manifest
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream whose bytes are taken as they come (for a streamed ZIP)."""
+
+    def __init__(self):
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+def stream_bundle(export: Export, events: Iterator[AuditEvent]) -> Iterator[bytes]:
+    """A ZIP of the export file and its manifest, yielded as it is made (constant memory).
+    The manifest is the last member: it is known once the file is complete."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
+        with bundle.open(export.file_name, "w", force_zip64=True) as member:
+            for chunk in export.encoded(events):
+                member.write(chunk)
+                if sink._chunks:
+                    yield sink.take()
+        bundle.writestr("manifest.json", manifest_bytes(export.manifest()))
+    yield sink.take()
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    return proof.sha256_hex(proof.canonical_json(manifest))
+
+
+def audit_data(export: Export, manifest: dict[str, Any], *, via: str) -> dict[str, Any]:
+    """What the export's own audit event records."""
+    return {
+        "format": export.format,
+        "events": export.rows,
+        "since": export.since,
+        "until": export.until,
+        "filters": export.filters,
+        "via": via,
+        "manifest_sha256": manifest_digest(manifest),
+        "file_sha256": manifest["file"]["sha256"],
+        "last_seq": export.last[0] if export.last else None,
+    }

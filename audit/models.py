@@ -18,10 +18,14 @@ class AuditChain(models.Model):
 class AuditEvent(models.Model):
     """One append-only entry: who did what to which object, when, why, under which version.
 
-    Events of a tenant form a hash chain: `hash` covers the event's content and the
-    previous event's hash, so any edit or deletion breaks `audit_verify`.
-    References to runs, steps and role versions are plain ids: the audit log outlives
-    what it describes and depends on tenants only.
+    Events of a tenant form a hash chain: `hash` covers the event's fields (audit.proof
+    HASHED_FIELDS) and the previous event's hash, so any edit or deletion breaks
+    `audit_verify`; signed checkpoints outside the database catch a cut tail or a re-hashed
+    chain. The payload (`data`, `reason`) is hashed separately into `payload_digest`: the
+    tenant's retention may empty it (`payload_redacted_at`) and the chain still verifies.
+    On PostgreSQL a trigger refuses every UPDATE, DELETE and TRUNCATE but that redaction.
+    References to users, runs, steps and role versions are plain ids (no database
+    constraint): the audit log outlives what it describes and depends on tenants only.
     """
 
     class ActorType(models.TextChoices):
@@ -37,7 +41,12 @@ class AuditEvent(models.Model):
     created_at = models.DateTimeField()
     actor_type = models.CharField(max_length=20, choices=ActorType.choices)
     actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     actor_label = models.CharField(max_length=200)
     action = models.CharField(max_length=80)
@@ -46,8 +55,13 @@ class AuditEvent(models.Model):
     run_id = models.BigIntegerField(null=True, blank=True)
     step_id = models.BigIntegerField(null=True, blank=True)
     role_version_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
     reason = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
+    payload_digest = models.CharField(max_length=64, default="")
+    payload_redacted_at = models.DateTimeField(null=True, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True)
     hash = models.CharField(max_length=64)
 
@@ -64,6 +78,11 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "created_at"]),
             models.Index(fields=["run_id"]),
             models.Index(fields=["action"]),
+            models.Index(
+                fields=["tenant", "created_at"],
+                condition=models.Q(payload_redacted_at__isnull=True),
+                name="auditevent_payload_kept",
+            ),
         ]
 
     def __str__(self):

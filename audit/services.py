@@ -3,15 +3,16 @@ own transaction, so an action and its audit event commit or roll back together."
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
+from audit import context, proof
 from audit.models import AuditChain, AuditEvent
 from tenants.locking import Level, lock
 
@@ -42,8 +43,9 @@ class Actor:
         return cls(type=AuditEvent.ActorType.SYSTEM, label=label)
 
 
-def _digest(event: AuditEvent) -> str:
-    content = {
+def hashed_fields(event: AuditEvent) -> dict[str, Any]:
+    """The event's fields its hash covers, as JSON values (audit.proof.HASHED_FIELDS)."""
+    return {
         "tenant": event.tenant_id,
         "seq": event.seq,
         "created_at": event.created_at.isoformat(),
@@ -56,12 +58,41 @@ def _digest(event: AuditEvent) -> str:
         "run_id": event.run_id,
         "step_id": event.step_id,
         "role_version_id": event.role_version_id,
-        "reason": event.reason,
-        "data": event.data,
+        "request_id": event.request_id,
+        "client_ip": event.client_ip,
+        "user_agent": event.user_agent,
+        "payload_digest": event.payload_digest,
         "prev_hash": event.prev_hash,
     }
-    payload = json.dumps(content, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
-    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def export_row(event: AuditEvent) -> dict[str, Any]:
+    """Everything an export carries of one event: enough to recompute its hashes offline."""
+    redacted = event.payload_redacted_at
+    return {
+        **hashed_fields(event),
+        "reason": event.reason,
+        "data": event.data,
+        "payload_redacted_at": redacted.isoformat() if redacted else None,
+        "hash": event.hash,
+    }
+
+
+def seal(event: AuditEvent) -> None:
+    """Set the event's payload digest and hash from its content and `prev_hash`."""
+    event.payload_digest = proof.payload_digest(data=event.data, reason=event.reason)
+    event.hash = proof.event_hash(hashed_fields(event))
+
+
+def _without_nul(value: Any) -> Any:
+    """The value with every NUL character replaced: PostgreSQL stores none in text or JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def lock_chain(tenant_id: int | None) -> AuditChain:
@@ -100,62 +131,34 @@ def record(
     with transaction.atomic(savepoint=False):
         chain = _locked_chain(tenant_id)
         # Round-trip through JSON so the stored value hashes exactly as it will be read back.
-        clean_data = json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))
+        clean_data = _without_nul(json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)))
+        request = context.current()
         event = AuditEvent(
             tenant_id=tenant_id,
             seq=chain.last_seq + 1,
             created_at=timezone.now(),
             actor_type=actor.type,
             actor_user=actor.user,
-            actor_label=actor.label[:200],
+            actor_label=_without_nul(actor.label[:200]),
             action=action,
             object_type=obj._meta.label if obj is not None else "",
             object_id=str(obj.pk) if obj is not None else "",
             run_id=run_id,
             step_id=step_id,
             role_version_id=actor.role_version_id,
-            reason=reason,
+            request_id=request.request_id,
+            client_ip=request.client_ip,
+            user_agent=request.user_agent,
+            reason=_without_nul(reason),
             data=clean_data,
             prev_hash=chain.last_hash,
         )
-        event.hash = _digest(event)
+        seal(event)
         event.save(force_insert=True)
         chain.last_seq = event.seq
         chain.last_hash = event.hash
         chain.save(update_fields=["last_seq", "last_hash"])
     return event
-
-
-@dataclass(frozen=True)
-class ChainProblem:
-    tenant_id: int | None
-    seq: int
-    problem: str
-
-
-def verify_chain(*, tenant_id: int | None) -> list[ChainProblem]:
-    """Recompute one tenant's chain; return every break found (empty when intact)."""
-    problems: list[ChainProblem] = []
-    expected_seq = 1
-    prev_hash = ""
-    events = AuditEvent.objects.filter(tenant_id=tenant_id).order_by("seq")
-    for event in events.iterator(chunk_size=2000):
-        if event.seq != expected_seq:
-            problems.append(
-                ChainProblem(tenant_id, event.seq, f"sequence gap: expected {expected_seq}")
-            )
-        if event.prev_hash != prev_hash:
-            problems.append(ChainProblem(tenant_id, event.seq, "previous hash does not match"))
-        if _digest(event) != event.hash:
-            problems.append(ChainProblem(tenant_id, event.seq, "content does not match its hash"))
-        expected_seq = event.seq + 1
-        prev_hash = event.hash
-    chain = AuditChain.objects.filter(tenant_id=tenant_id).first()
-    if chain is not None and chain.last_seq != expected_seq - 1:
-        problems.append(
-            ChainProblem(tenant_id, chain.last_seq, "events missing after the last one found")
-        )
-    return problems
 
 
 def apply_changes(obj, changes: dict[str, Any], *, allowed: set[str]) -> dict[str, list]:
@@ -173,3 +176,43 @@ def apply_changes(obj, changes: dict[str, Any], *, allowed: set[str]) -> dict[st
             diff[name] = [old, value]
             setattr(obj, name, value)
     return diff
+
+
+RETENTION_BATCH = 5000
+
+
+def apply_retention(*, now=None) -> dict[str, int]:
+    """The sweep: empty the payload (data and reason) of every event older than its
+    tenant's retention. The events stay, with their payload digest, so the chain and its
+    checkpoints still verify; the removal itself is an audit event."""
+    from tenants import rls
+    from tenants.models import Tenant
+
+    now = now or timezone.now()
+    with rls.platform_context():  # each tenant's period is all this reads across tenants
+        periods = list(Tenant.objects.values_list("pk", "retention_days"))
+    removed = 0
+    for tenant_id, days in periods:
+        cutoff = now - timedelta(days=days)
+        while True:
+            with rls.tenant_context(tenant_id):
+                due = AuditEvent.objects.filter(
+                    tenant_id=tenant_id, created_at__lt=cutoff, payload_redacted_at__isnull=True
+                )
+                batch = list(
+                    due.order_by("created_at").values_list("pk", flat=True)[:RETENTION_BATCH]
+                )
+                if not batch:
+                    break
+                count = AuditEvent.objects.filter(pk__in=batch).update(
+                    data={}, reason="", payload_redacted_at=now
+                )
+                record(
+                    tenant=tenant_id,
+                    actor=Actor.system("retention"),
+                    action="audit.payloads_removed",
+                    reason=f"older than the tenant's retention of {days} days",
+                    data={"events": count, "before": cutoff},
+                )
+                removed += count
+    return {"payloads_removed": removed}

@@ -89,7 +89,8 @@ def check_broker() -> Check:
 
 
 def sweep_check(sweep: Sweep | None, *, name: str = "", now: datetime, max_age: float) -> Check:
-    """Whether a sweep succeeded within `max_age` s (or three of its periods, if longer)."""
+    """Whether a sweep succeeded within `max_age` s (or three of its periods, if longer),
+    and its last round did not fail (a failing hourly sweep is loud at once, not in hours)."""
     name = sweep.name if sweep else name
     every = {spec.name: spec.every_seconds for spec in sweep_specs()}.get(name)
     if every is None:
@@ -99,8 +100,10 @@ def sweep_check(sweep: Sweep | None, *, name: str = "", now: datetime, max_age: 
     data = {"succeeded_ago_s": age, "every_s": every}
     if sweep and sweep.last_error:
         data["last_error"] = sweep.last_error.splitlines()[0]
-    if age is not None and age <= allowed:
+    if age is not None and age <= allowed and not data.get("last_error"):
         return Check(f"sweep {name}", True, f"succeeded {age:.0f} s ago", data)
+    if age is not None and age <= allowed:
+        return Check(f"sweep {name}", False, f"its last round failed: {data['last_error']}", data)
     when = "never" if age is None else f"{age:.0f} s ago"
     why = f"; last error: {data['last_error']}" if "last_error" in data else ""
     return Check(f"sweep {name}", False, f"last succeeded {when}{why}", data)

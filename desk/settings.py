@@ -146,6 +146,18 @@ DESK_STEP_MAX_LOST_LEASES = int(os.environ.get("DESK_STEP_MAX_LOST_LEASES", "5")
 # How desk asks for human approval; approvals implements it (desk must not import it).
 DESK_APPROVAL_GATE = "approvals.gate.ApprovalGate"
 # Where people reach this AgentDesk: links in e-mails start with it.
+# The audit signing key lives outside the database (audit.signing); checkpoints of every
+# chain go to a store outside it too (audit.checkpoints), every AUDIT_CHECKPOINT_SECONDS.
+AUDIT_SIGNING_KEY_FILE = Path(
+    os.environ.get("AUDIT_SIGNING_KEY_FILE", VAR_DIR / "audit-signing.key")
+)
+AUDIT_KEY_NAME = os.environ.get("AUDIT_KEY_NAME", "agentdesk-audit")
+AUDIT_LOG_ORIGIN = os.environ.get("AUDIT_LOG_ORIGIN", "agentdesk.local/audit")
+AUDIT_CHECKPOINT_STORE = os.environ.get(
+    "AUDIT_CHECKPOINT_STORE", "audit.checkpoints.DirectoryStore"
+)
+AUDIT_CHECKPOINT_DIR = Path(os.environ.get("AUDIT_CHECKPOINT_DIR", VAR_DIR / "audit-checkpoints"))
+AUDIT_CHECKPOINT_SECONDS = int(os.environ.get("AUDIT_CHECKPOINT_SECONDS", "3600"))
 # Proxies whose X-Forwarded-For names the client's address in audit events (comma-separated).
 AUDIT_TRUSTED_PROXIES = frozenset(
     filter(None, os.environ.get("AUDIT_TRUSTED_PROXIES", "").replace(" ", "").split(","))
@@ -241,4 +253,6 @@ DESK_SWEEPS = {
     "reaper": ("desk.services.maintenance.reap", 5),
     "approvals": ("approvals.services.sweep_approvals", 15),
     "service_levels": ("desk.services.maintenance.escalate_service_levels", 60),
+    "audit_checkpoints": ("audit.checkpoints.checkpoint_all", AUDIT_CHECKPOINT_SECONDS),
+    "audit_retention": ("audit.services.apply_retention", 3600),
 }

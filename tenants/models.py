@@ -1,6 +1,10 @@
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
+
+# Audit payloads are kept at least this long, whatever a tenant asks (a database constraint).
+MIN_RETENTION_DAYS = 30
 
 
 class TenantQuerySet(models.QuerySet):
@@ -30,7 +34,14 @@ class Tenant(models.Model):
     budget_lifted_until = models.DateTimeField(
         null=True, blank=True, help_text="An operator let work go on past the budget until then."
     )
-    retention_days = models.PositiveIntegerField(default=365)
+    retention_days = models.PositiveIntegerField(
+        default=365,
+        validators=[MinValueValidator(MIN_RETENTION_DAYS)],
+        help_text=(
+            "Audit event payloads (data and reason) older than this are removed; the events, "
+            "their hash chain and its checkpoints stay."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -45,6 +56,10 @@ class Tenant(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(priority_weight__gte=1), name="tenant_priority_weight_gte_1"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(retention_days__gte=MIN_RETENTION_DAYS),
+                name="tenant_retention_days_gte_minimum",
             ),
         ]
 

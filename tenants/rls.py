@@ -199,6 +199,31 @@ END $$;
 """
 
 
+# Append-only tables: the roles may SELECT and INSERT, and UPDATE only these columns (the
+# audit retention's removal of old payloads; the chain head moving on). Triggers of the
+# audit app refuse anything else, whoever asks (audit/migrations/0003_append_only.py).
+APPEND_ONLY = {
+    "audit_auditevent": ("data", "reason", "payload_redacted_at"),
+    "audit_auditchain": ("last_seq", "last_hash"),
+}
+
+
+def append_only_sql(roles: str) -> str:
+    blocks = []
+    for table, columns in APPEND_ONLY.items():
+        names = ", ".join(f"'{c}'" for c in columns)
+        blocks.append(f"""
+DO $$
+BEGIN
+    IF (SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()
+        AND table_name = '{table}' AND column_name IN ({names})) = {len(columns)} THEN
+        REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {roles};
+        GRANT UPDATE ({", ".join(columns)}) ON {table} TO {roles};
+    END IF;
+END $$;""")
+    return "\n".join(blocks)
+
+
 def grants_sql() -> str:
     roles = f"{APP_ROLE}, {PLATFORM_ROLE}"
     return f"""
@@ -208,6 +233,7 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {roles};
 ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {roles};
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {roles};
+{append_only_sql(roles)}
 """
 
 

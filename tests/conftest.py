@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -31,6 +35,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+# One audit signing key for the session, outside the repository; the clusters the e2e tests
+# start read it (and the checkpoint folder) from the environment.
+_AUDIT_DIR = Path(tempfile.mkdtemp(prefix="agentdesk-audit-"))
+os.environ["AUDIT_SIGNING_KEY_FILE"] = str(_AUDIT_DIR / "signing.key")
+os.environ["AUDIT_CHECKPOINT_DIR"] = str(_AUDIT_DIR / "checkpoints")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_signing_key():
+    from django.conf import settings
+
+    from audit import signing
+
+    settings.AUDIT_SIGNING_KEY_FILE = Path(os.environ["AUDIT_SIGNING_KEY_FILE"])
+    if not settings.AUDIT_SIGNING_KEY_FILE.exists():
+        signing.create_key()
+    return signing.signer()
+
+
+@pytest.fixture(autouse=True)
+def audit_checkpoint_dir(settings, tmp_path_factory):
+    """Each test its own checkpoint store: tests tamper with it."""
+    settings.AUDIT_CHECKPOINT_DIR = tmp_path_factory.mktemp("checkpoints")
+    return settings.AUDIT_CHECKPOINT_DIR
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """The test database's owner may empty the append-only audit tables between tests
+    (a flush); see audit/migrations/0003_append_only.py."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):
+        options = database.setdefault("OPTIONS", {})
+        options["options"] = (
+            options.get("options", "") + " -c agentdesk.audit_reset=allowed"
+        ).strip()
 
 
 @pytest.fixture

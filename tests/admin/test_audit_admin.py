@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+
 import pytest
 from django.contrib import admin
 from django.test import RequestFactory
 from django.urls import reverse
+from django.utils import timezone
 
+from audit import proof, signing
 from audit.models import AuditEvent
 from tenants.models import Tenant
 
@@ -105,22 +111,82 @@ def test_the_trail_filters_on_action_and_actor_type_and_searches(client, users, 
 class TestExport:
     URL = "/admin/audit/auditevent/export/"
 
-    def test_an_auditor_downloads_the_tenants_trail_and_the_export_is_audited(
-        self, client, users, harbor
+    def download(self, client, **params):
+        response = client.get(self.URL, params)
+        assert response.status_code == 200, response
+        assert response["Content-Type"] == "application/zip"
+        return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+
+    def test_an_auditor_downloads_a_bundle_that_verifies_and_the_export_is_audited(
+        self, client, users, harbor, tmp_path
     ):
         client.force_login(users["auditor"])
         expected = AuditEvent.objects.filter(tenant=harbor).count()
 
-        response = client.get(self.URL, {"tenant": harbor.pk, "format": "csv"})
+        bundle = self.download(client, tenant=harbor.pk, format="csv")
 
-        assert response.status_code == 200
-        assert response["Content-Type"] == "text/csv; charset=utf-8"
-        lines = response.content.decode().strip().splitlines()
-        assert lines[0].startswith("seq,created_at,")
+        assert bundle.namelist() == ["events.csv", "manifest.json"]
+        lines = bundle.read("events.csv").decode().strip().splitlines()
+        assert lines[0].startswith("tenant,seq,created_at,")
         assert len(lines) == expected + 1
+        manifest = json.loads(bundle.read("manifest.json"))
         exported = AuditEvent.objects.filter(tenant=harbor, action="audit.exported").get()
         assert exported.actor_user == users["auditor"]
         assert exported.data["events"] == expected
+        assert exported.data["manifest_sha256"] == proof.sha256_hex(proof.canonical_json(manifest))
+        path = tmp_path / "bundle.zip"
+        with zipfile.ZipFile(path, "w") as out:
+            for name in bundle.namelist():
+                out.writestr(name, bundle.read(name))
+        assert proof.verify_export(path, signing.verifier()).ok
+
+    def test_the_export_takes_the_period_and_the_changelists_filters(
+        self, client, users, harbor, tmp_path
+    ):
+        client.force_login(users["auditor"])
+        today = timezone.now().date().isoformat()
+
+        bundle = self.download(
+            client,
+            tenant=harbor.pk,
+            format="jsonl",
+            since=today,
+            until=today,
+            action="membership.granted",
+        )
+
+        rows = [json.loads(line) for line in bundle.read("events.jsonl").splitlines()]
+        expected = AuditEvent.objects.filter(tenant=harbor, action="membership.granted")
+        assert [r["seq"] for r in rows] == sorted(expected.values_list("seq", flat=True))
+        manifest = json.loads(bundle.read("manifest.json"))
+        assert manifest["contiguous"] is False
+        assert manifest["query"]["filters"] == {"action": "membership.granted"}
+        path = tmp_path / "bundle.zip"
+        with zipfile.ZipFile(path, "w") as out:
+            for name in bundle.namelist():
+                out.writestr(name, bundle.read(name))
+        assert proof.verify_export(path, signing.verifier()).ok
+
+    @pytest.mark.parametrize(
+        ("params", "message"),
+        [
+            ({"since": "yesterday"}, "is not an ISO date"),
+            ({"since": "2026-03-01", "until": "2026-02-01"}, "The period is empty"),
+            ({"action__nope": "x"}, "the filters are not ones the audit trail offers"),
+        ],
+    )
+    def test_bad_export_input_is_a_clear_error_and_exports_nothing(
+        self, client, users, harbor, params, message
+    ):
+        client.force_login(users["auditor"])
+        before = AuditEvent.objects.count()
+
+        response = client.get(
+            self.URL, {"tenant": harbor.pk, "format": "csv", **params}, follow=True
+        )
+
+        assert message in response.content.decode()
+        assert AuditEvent.objects.count() == before
 
     def test_another_tenants_reviewer_gets_nothing(self, client, users, harbor):
         client.force_login(users["reviewer.northwind"])

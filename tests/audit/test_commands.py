@@ -16,9 +16,10 @@ from approvals.models import ApprovalRequest, Decision
 from approvals.services import decide
 from audit import exports
 from audit.models import AuditEvent
-from audit.services import Actor
+from audit.services import Actor, export_row, record
 from desk.models import Run
 from desk.services import start_run
+from tests.audit.support import beneath_the_triggers
 from tests.conftest import INTAKE_INPUT
 from tests.runtime import advance
 
@@ -83,22 +84,12 @@ class TestAuditExport:
         )
         started = run_rows[0]
         event = AuditEvent.objects.get(tenant=harbor, seq=started["seq"])
-        assert started == {
-            "seq": event.seq,
-            "created_at": event.created_at.isoformat(),
-            "actor_type": "system",
-            "actor_label": "tests",
-            "action": "run.started",
-            "object_type": "desk.Run",
-            "object_id": str(finished_run.pk),
-            "run_id": finished_run.pk,
-            "step_id": None,
-            "role_version_id": None,
-            "reason": "",
-            "data": event.data,
-            "hash": event.hash,
-            "prev_hash": event.prev_hash,
-        }
+        assert started == export_row(event)
+        assert (started["tenant"], started["actor_label"], started["object_type"]) == (
+            harbor.pk,
+            "tests",
+            "desk.Run",
+        )
         assert started["data"]["input"] == INTAKE_INPUT
 
     def test_csv_has_a_header_and_data_as_json(self, tmp_path, harbor, finished_run):
@@ -232,6 +223,7 @@ class TestAuditExport:
 
 class TestAuditVerify:
     def test_every_intact_chain_is_reported_ok(self, harbor, northwind, finished_run):
+        call_command("audit_checkpoint", stdout=StringIO())
         out = StringIO()
 
         call_command("audit_verify", stdout=out)
@@ -243,22 +235,40 @@ class TestAuditVerify:
         platform = AuditEvent.objects.filter(tenant=None).count()
         assert f"(platform): ok ({platform} events)" in lines
 
-    def test_a_tampered_event_is_named_and_fails_the_command(self, harbor, finished_run):
-        event = AuditEvent.objects.get(run_id=finished_run.pk, action="run.completed")
-        AuditEvent.objects.filter(pk=event.pk).update(reason="x")
+    def test_events_newer_than_the_last_checkpoint_are_counted(self, harbor, finished_run):
+        call_command("audit_checkpoint", tenant="harbor-legal", stdout=StringIO())
+        record(tenant=harbor, actor=Actor.system(), action="test.after")
         out = StringIO()
 
-        with pytest.raises(CommandError, match=r"Audit chain broken: harbor-legal\."):
+        call_command("audit_verify", tenant="harbor-legal", stdout=out)
+
+        count = AuditEvent.objects.filter(tenant=harbor).count()
+        assert out.getvalue().splitlines() == [
+            f"harbor-legal: ok ({count} events, 1 newer than its last checkpoint)"
+        ]
+
+    def test_a_tampered_event_is_named_and_fails_the_command(self, harbor, finished_run):
+        event = AuditEvent.objects.get(run_id=finished_run.pk, action="run.completed")
+        with beneath_the_triggers():
+            AuditEvent.objects.filter(pk=event.pk).update(action="run.cancelled")
+        out = StringIO()
+
+        with pytest.raises(
+            CommandError,
+            match=rf"Audit trail broken: harbor-legal seq {event.seq}: its content does not",
+        ):
             call_command("audit_verify", stdout=out)
 
         lines = out.getvalue().splitlines()
         count = AuditEvent.objects.filter(tenant=harbor).count()
         assert f"harbor-legal: BROKEN (1 problem(s) in {count} events)" in lines
-        assert f"  seq {event.seq}: content does not match its hash" in lines
+        assert f"  seq {event.seq}: its content does not match its hash" in lines
         assert any(line.startswith("northwind-accounting: ok (") for line in lines)
 
     def test_one_tenant_can_be_verified_alone(self, harbor, northwind, finished_run):
-        AuditEvent.objects.filter(tenant=harbor, seq=1).update(reason="x")
+        with beneath_the_triggers():
+            AuditEvent.objects.filter(tenant=harbor, seq=1).update(action="x")
+        call_command("audit_checkpoint", tenant="northwind-accounting", stdout=StringIO())
         out = StringIO()
 
         call_command("audit_verify", tenant="northwind-accounting", stdout=out)
@@ -271,3 +281,7 @@ class TestAuditVerify:
     def test_an_unknown_tenant_is_an_error(self, db):
         with pytest.raises(CommandError, match=r"Unknown tenant 'nope'\."):
             call_command("audit_verify", tenant="nope", stdout=StringIO())
+
+    def test_a_malformed_pinned_key_is_an_error(self, db):
+        with pytest.raises(CommandError, match="not a verifier key"):
+            call_command("audit_verify", key="nonsense", stdout=StringIO())

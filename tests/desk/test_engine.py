@@ -10,7 +10,8 @@ from django.utils import timezone
 from approvals.models import ApprovalRequest, Escalation
 from approvals.services import decide
 from audit.models import AuditEvent
-from audit.services import Actor, verify_chain
+from audit.services import Actor
+from audit.verification import verify_chain
 from desk import engine, services, worker
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ProviderError

@@ -124,6 +124,21 @@ def test_a_sweep_that_has_not_run_fails(everything_fine, sweep):
     )
 
 
+def test_an_hourly_sweep_whose_last_round_failed_fails_at_once(everything_fine):
+    Sweep.objects.filter(name="audit_checkpoints").update(
+        succeeded_at=timezone.now() - timedelta(seconds=30),
+        last_error="SigningKeyMissing: No audit signing key at /x\nTraceback...",
+    )
+
+    status, line, _ = health()
+
+    assert (status, line) == (
+        1,
+        "unhealthy: sweep audit_checkpoints: its last round failed: "
+        "SigningKeyMissing: No audit signing key at /x",
+    )
+
+
 def test_a_sweep_that_never_ran_fails(everything_fine):
     Sweep.objects.filter(name="reaper").delete()
 

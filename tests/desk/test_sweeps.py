@@ -68,7 +68,13 @@ class TestClaims:
         call_command("desk_sweeper", "--once")
 
         sweeps = {s.name: s for s in Sweep.objects.all()}
-        assert set(sweeps) == {"reaper", "approvals", "service_levels"}
+        assert set(sweeps) == {
+            "reaper",
+            "approvals",
+            "service_levels",
+            "audit_checkpoints",
+            "audit_retention",
+        }
         assert all(s.succeeded_at and s.last_error == "" and s.rounds == 1 for s in sweeps.values())
 
 

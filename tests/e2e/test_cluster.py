@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from approvals.models import ApprovalRequest, Decision
 from approvals.services import decide
 from audit.models import AuditEvent
-from audit.services import Actor, verify_chain
+from audit.services import Actor
+from audit.verification import verify_chain
 from desk.models import OutboxMessage, Run, StepRun
 from desk.services import start_run
 from roles.models import Role

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.exports import FORMATS, ExportError, describe_period, parse_bound, write_export
+from audit.exports import (
+    FORMATS,
+    Export,
+    ExportError,
+    audit_data,
+    check_target,
+    parse_bound,
+    start,
+    write_export,
+)
 from audit.services import Actor, record
 from tenants import rls
 from tenants.models import Tenant
@@ -12,8 +23,9 @@ from tenants.models import Tenant
 
 class Command(BaseCommand):
     help = (
-        "Export a tenant's audit events in chain order (seq) as CSV or JSON Lines. "
-        "The file appears only once complete."
+        "Export a tenant's audit events in chain order (seq) as CSV or JSON Lines, with a "
+        "signed manifest beside it (FILE.manifest.json); check it with "
+        "`audit_verify --export FILE`. The files appear only once complete."
     )
 
     def add_arguments(self, parser):
@@ -39,30 +51,30 @@ class Command(BaseCommand):
             tenant_id = Tenant.objects.filter(slug=slug).values_list("pk", flat=True).first()
         if tenant_id is None:
             raise CommandError(f"Unknown tenant '{slug}'.")
+        export = Export(
+            tenant_id=tenant_id,
+            tenant_slug=slug,
+            format=options["format"],
+            since=since,
+            until=until,
+            exported_by="command:audit_export",
+            name=Path(options["out"]).name,
+        )
         try:
+            check_target(options["out"])
+            upto = start(export)  # a signed checkpoint: the export covers the chain up to it
             with rls.tenant_context(tenant_id):
-                count = write_export(
-                    path=options["out"],
-                    tenant_id=tenant_id,
-                    format=options["format"],
-                    since=since,
-                    until=until,
-                )
+                manifest = write_export(path=options["out"], export=export, upto_seq=upto)
                 record(
                     tenant=tenant_id,
                     actor=Actor.system("command:audit_export"),
                     action="audit.exported",
-                    data={
-                        "format": options["format"],
-                        "events": count,
-                        "since": since,
-                        "until": until,
-                        "via": "command",
-                    },
+                    data=audit_data(export, manifest, via="command"),
                 )
         except ExportError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
-            f"Wrote {count} audit event(s) of {slug} "
-            f"({describe_period(since, until)}) to {options['out']}."
+            f"Wrote {export.rows} audit event(s) of {slug} to {options['out']} "
+            f"(seq {manifest['first_seq']} to {manifest['last_seq']}), manifest in "
+            f"{options['out']}.manifest.json."
         )
