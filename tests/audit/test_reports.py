@@ -7,6 +7,7 @@ as for 50, and renders as self-contained HTML and a PDF that fetch nothing.
 
 from __future__ import annotations
 
+import socket
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from unittest import mock
@@ -19,6 +20,7 @@ from django.urls import reverse
 
 from approvals.models import ApprovalRequest
 from approvals.services import decide, policy_values, propose_policy_change
+from audit import report_documents
 from audit.models import AuditEvent
 from audit.services import Actor, record
 from desk.models import Run
@@ -559,3 +561,33 @@ class TestQueryCounts:
         changed(45)
 
         assert queries_of(client, "changes", params) == five
+
+
+# --- files -----------------------------------------------------------------------------------
+
+needs_pdf = pytest.mark.skipif(
+    not report_documents.pdf_available(), reason="WeasyPrint (and Pango) not installed"
+)
+
+
+@needs_pdf
+def test_a_pdf_is_rendered_without_reaching_the_network_or_files():
+    html = (
+        b"<html><head><link rel=stylesheet href='http://127.0.0.1:9/x.css'></head>"
+        b"<body><h1>Report</h1><img src='file:///etc/hostname'>"
+        b"<img src='https://example.invalid/a.png'></body></html>"
+    )
+
+    with mock.patch.object(socket.socket, "connect", side_effect=AssertionError("network")):
+        pdf = report_documents.render_pdf(html)
+
+    assert pdf.startswith(b"%PDF")
+
+
+@needs_pdf
+@pytest.mark.parametrize("address", ["http://127.0.0.1:9/x.css", "file:///etc/hostname"])
+def test_the_pdf_fetcher_refuses_all_but_data_urls(address):
+    fetcher = report_documents.OfflineFetcher()
+
+    with pytest.raises(ValueError, match="fetches nothing"):
+        fetcher.fetch(address)
