@@ -1,5 +1,6 @@
 """The audit reports in the admin: a run's report, a tenant's period, and an auditor's three
-questions, each on one page made for printing.
+questions, each on one page made for printing, and each downloadable as a ZIP of the
+report's HTML, its PDF and their signed manifest.
 
 Thin views: they parse the form, check the user may audit the tenant (the form offers no
 other) and call one selector of audit.reports. A run of another tenant is a 404.
@@ -7,26 +8,29 @@ other) and call one selector of audit.reports. A run of another tenant is a 404.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
 
-from audit import reports
+from audit import report_documents, reports, signing
 from audit.report_forms import (
     DataReadsForm,
     PeriodForm,
     RunReportForm,
     page_number,
 )
+from audit.services import Actor, record
 from tenants.admin_scoping import ACCESS
 from tenants.models import Tenant
 from tenants.permissions import can_audit_tenant
@@ -201,6 +205,8 @@ def _render(request, asked: Asked, *, status: int = 200):
             "query_items": sorted(query.items()),
             "kind": asked.kind,
             "body_template": body_template(asked.kind),
+            "download_url": reverse(f"audit_reports:{asked.kind}_download"),
+            "pdf_available": report_documents.pdf_available(),
             **asked.context,
         },
         status=status,
@@ -227,8 +233,62 @@ def page(request, kind: str):
     return _render(request, asked)
 
 
+def download(request, kind: str):
+    """The report as a ZIP: report.html, report.pdf (where WeasyPrint is installed) and
+    manifest.json (signed, with the SHA-256 of each); the download is audited."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    asked = ASK[kind](request, request.POST, page=None)
+    if not asked.answered:
+        return _render(request, asked, status=400)
+    made_at = timezone.now()
+    context = {**_common(request), "generated_at": made_at, "form": asked.form, **asked.context}
+    html = report_documents.render_html(
+        body_template=body_template(kind), title=asked.title, context=context
+    )
+    files = {"report.html": html}
+    pdf = report_documents.render_pdf(html)
+    if pdf is not None:
+        files["report.pdf"] = pdf
+    try:
+        manifest = signing.document_manifest(
+            tenant_id=asked.tenant.pk, kind=f"report.{kind}", query=asked.query, files=files
+        )
+    except signing.SigningKeyMissing as exc:
+        messages.error(request, f"The report cannot be signed, so it is not offered: {exc}")
+        return _render(request, asked, status=503)
+    manifest_json = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    files["manifest.json"] = manifest_json.encode("utf-8")
+    record(
+        tenant=asked.tenant,
+        actor=Actor.for_user(request.user),
+        action="audit.report_generated",
+        obj=asked.tenant,
+        data={
+            "kind": kind,
+            "query": asked.query,
+            "manifest_sha256": hashlib.sha256(files["manifest.json"]).hexdigest(),
+        },
+    )
+    response = HttpResponse(
+        report_documents.zip_bundle(files, made_at=made_at), content_type="application/zip"
+    )
+    name = f"audit-report-{kind}-{asked.tenant.slug}-{made_at:%Y%m%d-%H%M%S}.zip"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
 urlpatterns = [
     path("", admin.site.admin_view(index), name="index"),
     *(path(f"{kind}/", admin.site.admin_view(page), {"kind": kind}, name=kind) for kind in ASK),
+    *(
+        path(
+            f"{kind}/download/",
+            admin.site.admin_view(download),
+            {"kind": kind},
+            name=f"{kind}_download",
+        )
+        for kind in ASK
+    ),
 ]
 urls = (urlpatterns, "audit_reports")

@@ -7,7 +7,11 @@ as for 50, and renders as self-contained HTML and a PDF that fetch nothing.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import socket
+import zipfile
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from unittest import mock
@@ -20,7 +24,7 @@ from django.urls import reverse
 
 from approvals.models import ApprovalRequest
 from approvals.services import decide, policy_values, propose_policy_change
-from audit import report_documents
+from audit import proof, report_documents, signing
 from audit.models import AuditEvent
 from audit.services import Actor, record
 from desk.models import Run
@@ -591,3 +595,134 @@ def test_the_pdf_fetcher_refuses_all_but_data_urls(address):
 
     with pytest.raises(ValueError, match="fetches nothing"):
         fetcher.fetch(address)
+
+
+# --- the download ----------------------------------------------------------------------------
+
+
+def download_url(name: str) -> str:
+    return reverse(f"audit_reports:{name}_download")
+
+
+def unzip(response) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+class TestDownload:
+    def test_a_run_report_zip_holds_html_pdf_and_the_signed_manifest_of_both(
+        self, client, auditor, users, harbor
+    ):
+        run = completed(harbor, users["reviewer.harbor"])
+
+        response = client.post(download_url("run"), {"tenant": harbor.pk, "run": run.pk})
+
+        assert response.status_code == 200
+        assert response["Content-Type"] == "application/zip"
+        assert "attachment;" in response["Content-Disposition"]
+        files = unzip(response)
+        expected = ["report.html", "manifest.json"]
+        if report_documents.pdf_available():
+            expected.insert(1, "report.pdf")
+            assert files["report.pdf"].startswith(b"%PDF")
+        assert list(files) == expected
+        manifest = json.loads(files["manifest.json"])
+        proof.check_manifest(manifest, signing.verifier())
+        assert manifest["kind"] == "report.run"
+        assert manifest["tenant"] == harbor.pk
+        assert manifest["query"] == {"tenant": harbor.slug, "tenant_id": harbor.pk, "run": run.pk}
+        assert manifest["files"] == {
+            name: {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+            for name, content in files.items()
+            if name != "manifest.json"
+        }
+        event = AuditEvent.objects.get(action="audit.report_generated")
+        assert event.tenant_id == harbor.pk
+        assert event.actor_user == users["auditor"]
+        assert event.data == {
+            "kind": "run",
+            "query": manifest["query"],
+            "manifest_sha256": hashlib.sha256(files["manifest.json"]).hexdigest(),
+        }
+
+    def test_the_html_is_self_contained(self, client, auditor, users, harbor):
+        run = completed(harbor, users["reviewer.harbor"])
+
+        response = client.post(download_url("run"), {"tenant": harbor.pk, "run": run.pk})
+
+        html = unzip(response)["report.html"].decode()
+        assert "<style>" in html and "@media print" in html
+        for outside in ("<link", "<script", "src=", "href=", "/static/", "url("):
+            assert outside not in html
+        assert "Classify this enquiry" in html
+        assert "Looks right to me" in html
+
+    @pytest.mark.parametrize("name", ("tenant", "reads", "approvals", "changes"))
+    def test_every_period_page_downloads_what_it_shows(self, client, auditor, harbor, name):
+        read(harbor, intake(harbor), when=FIRST, reason="why-inside")
+        read(harbor, intake(harbor), when=JUST_AFTER, reason="why-outside")
+
+        response = client.post(download_url(name), {"tenant": harbor.pk, **PERIOD})
+
+        assert response.status_code == 200
+        files = unzip(response)
+        manifest = json.loads(files["manifest.json"])
+        assert manifest["query"] == {
+            "tenant": harbor.slug,
+            "tenant_id": harbor.pk,
+            **PERIOD,
+        }
+        html = files["report.html"].decode()
+        assert "why-outside" not in html
+        if name == "reads":
+            assert "why-inside" in html
+
+    def test_reading_the_download_url_writes_nothing(self, client, auditor, users, harbor):
+        run = parked(harbor)
+
+        response = client.get(download_url("run"), {"tenant": harbor.pk, "run": run.pk})
+
+        assert response.status_code == 405
+        assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
+
+    def test_bad_input_is_a_form_error_and_nothing_is_made(self, client, auditor, harbor):
+        response = client.post(
+            download_url("tenant"), {"tenant": harbor.pk, "since": "2026-04-30", "until": "x"}
+        )
+
+        assert response.status_code == 400
+        assert "until" in response.context["form"].errors
+        assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
+
+    def test_another_tenants_run_is_not_found_and_nothing_is_made(
+        self, client, northwind_auditor, users, harbor, northwind
+    ):
+        harbor_run = completed(harbor, users["reviewer.harbor"])
+        client.force_login(northwind_auditor)
+
+        theirs = client.post(download_url("run"), {"tenant": northwind.pk, "run": harbor_run.pk})
+        harbors = client.post(download_url("run"), {"tenant": harbor.pk, "run": harbor_run.pk})
+
+        assert theirs.status_code == 404
+        assert harbors.status_code == 400
+        assert "Harbor Legal LLP" not in page_text(harbors)
+        assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
+
+    def test_a_reviewer_may_not_download(self, client, users, harbor):
+        client.force_login(users["reviewer.harbor"])
+
+        response = client.post(download_url("tenant"), {"tenant": harbor.pk, **PERIOD})
+
+        assert response.status_code == 403
+        assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
+
+    def test_without_a_signing_key_nothing_is_offered(
+        self, client, auditor, harbor, settings, tmp_path
+    ):
+        settings.AUDIT_SIGNING_KEY_FILE = tmp_path / "missing.key"
+
+        response = client.post(download_url("tenant"), {"tenant": harbor.pk, **PERIOD})
+
+        assert response.status_code == 503
+        assert "cannot be signed" in page_text(response)
+        assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
