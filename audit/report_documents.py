@@ -11,23 +11,30 @@ import io
 import logging
 import zipfile
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from django.template.loader import render_to_string
 
 logger = logging.getLogger(__name__)
 
-try:  # WeasyPrint needs Pango from the system; without it there is no PDF, only HTML.
-    import weasyprint
-except (ImportError, OSError) as exc:  # OSError: the library is there, Pango is not
-    weasyprint = None
-    logger.info("No PDF for audit reports: %s", exc)
-
 DOCUMENT_TEMPLATE = "admin/audit/reports/document.html"
 
 
+@cache
+def _weasyprint():
+    """WeasyPrint, imported on first use (it is slow to import), or None where it or the
+    Pango it needs is missing: then there is no PDF, only HTML."""
+    try:
+        import weasyprint
+    except (ImportError, OSError) as exc:  # OSError: the package is there, Pango is not
+        logger.warning("No PDF for audit reports: %s", exc)
+        return None
+    return weasyprint
+
+
 def pdf_available() -> bool:
-    return weasyprint is not None
+    return _weasyprint() is not None
 
 
 def render_html(*, body_template: str, title: str, context: dict[str, Any]) -> bytes:
@@ -39,7 +46,9 @@ def render_html(*, body_template: str, title: str, context: dict[str, Any]) -> b
     return html.encode("utf-8")
 
 
-if weasyprint is not None:
+@cache
+def offline_fetcher_class():
+    weasyprint = _weasyprint()
 
     class OfflineFetcher(weasyprint.urls.URLFetcher):
         """Fetches `data:` URLs only; anything else (http, file, …) is refused."""
@@ -49,13 +58,16 @@ if weasyprint is not None:
                 raise ValueError(f"An audit report fetches nothing: {url[:80]} refused.")
             return super().fetch(url, headers)
 
+    return OfflineFetcher
+
 
 def render_pdf(html: bytes) -> bytes | None:
     """The HTML as a PDF, or None where WeasyPrint is not installed."""
+    weasyprint = _weasyprint()
     if weasyprint is None:
         return None
     document = weasyprint.HTML(
-        string=html.decode("utf-8"), base_url=None, url_fetcher=OfflineFetcher()
+        string=html.decode("utf-8"), base_url=None, url_fetcher=offline_fetcher_class()()
     )
     return document.write_pdf()
 

@@ -219,7 +219,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DESK_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # WeasyPrint (PDF audit reports) logs every rendering step at INFO.
+        "weasyprint": {"level": "WARNING"},
+    },
 }
 
 # Tools AI employees can call; roles list which of these each may use.

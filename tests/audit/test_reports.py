@@ -591,7 +591,7 @@ def test_a_pdf_is_rendered_without_reaching_the_network_or_files():
 @needs_pdf
 @pytest.mark.parametrize("address", ["http://127.0.0.1:9/x.css", "file:///etc/hostname"])
 def test_the_pdf_fetcher_refuses_all_but_data_urls(address):
-    fetcher = report_documents.OfflineFetcher()
+    fetcher = report_documents.offline_fetcher_class()()
 
     with pytest.raises(ValueError, match="fetches nothing"):
         fetcher.fetch(address)
