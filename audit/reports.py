@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 
 from audit.models import AuditEvent
 
-SECTION_CAP = 1000  # rows one section of a printed report lists
+SECTION_CAP = 500  # rows one section of a printed report lists (a PDF of 500 takes seconds)
 PAGE_SIZE = 200  # rows one page of an auditor's question lists
 
 DATA_ACTIONS = ("data.read", "data.refused")
