@@ -271,6 +271,7 @@ class DataAccessSummary:
     kind: str
     reads: int
     refusals: int
+    removed: int  # events whose payload (the kind among it) retention emptied
     first_at: dt.datetime
     last_at: dt.datetime
 
@@ -382,6 +383,13 @@ def _usernames(ids: Iterable[Any]) -> dict[int, str]:
     return dict(users.values_list("pk", get_user_model().USERNAME_FIELD))
 
 
+def _reason(event: AuditEvent) -> str:
+    """The event's reason, or what became of it once retention emptied the payload."""
+    if event.payload_redacted_at is not None:
+        return f"(removed {stamp(event.payload_redacted_at)}, past the tenant's retention)"
+    return event.reason
+
+
 def _show(value: Any) -> str:
     if value is None or value == "":
         return "—"
@@ -405,7 +413,7 @@ def _data_access(event: AuditEvent) -> DataAccess:
         kind=str(data.get("kind") or ""),
         references=[str(r) for r in references] if isinstance(references, list) else [],
         query=data.get("query"),
-        reason=event.reason,
+        reason=_reason(event),
     )
 
 
@@ -441,6 +449,7 @@ def data_access_summary(
         .annotate(
             reads=Count("pk", filter=Q(action="data.read")),
             refusals=Count("pk", filter=Q(action="data.refused")),
+            removed=Count("pk", filter=Q(payload_redacted_at__isnull=False)),
             first_at=Min("created_at"),
             last_at=Max("created_at"),
         )
@@ -453,6 +462,7 @@ def data_access_summary(
             kind=g["data_kind"] or "",
             reads=g["reads"],
             refusals=g["refusals"],
+            removed=g["removed"],
             first_at=g["first_at"],
             last_at=g["last_at"],
         )
@@ -500,7 +510,7 @@ def _approvals(tenant_id: int, events: list[AuditEvent]) -> list[Approval]:
             verdict="",
             what="",
             version=None,
-            comment=event.reason,
+            comment=_reason(event),
             details=[],
             run_id=event.run_id,
             step_id=event.step_id,
@@ -640,7 +650,7 @@ def _changes(tenant_id: int, events: list[AuditEvent]) -> list[Change]:
                 action=event.action,
                 what=what,
                 details=details,
-                reason=event.reason,
+                reason=_reason(event),
             )
         )
     return rows
@@ -676,7 +686,7 @@ def run_report(*, tenant, run_id: int) -> RunReport | None:
                     who_type=e.get_actor_type_display(),
                     action=e.action,
                     step_id=e.step_id,
-                    reason=e.reason,
+                    reason=_reason(e),
                     hash=e.hash,
                 )
                 for e in trail
@@ -720,7 +730,7 @@ def _run_approval(event: AuditEvent, step_keys: dict[int, str], people: dict) ->
         "what": what,
         "who": event.actor_label,
         "version": data.get("version"),
-        "comment": event.reason,
+        "comment": _reason(event),
         "details": details,
     }
 

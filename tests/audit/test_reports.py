@@ -26,7 +26,7 @@ from approvals.models import ApprovalRequest
 from approvals.services import decide, policy_values, propose_policy_change
 from audit import proof, report_documents, signing
 from audit.models import AuditEvent
-from audit.services import Actor, record
+from audit.services import Actor, apply_retention, record
 from desk.models import Run
 from desk.services import start_run
 from roles.models import Role
@@ -220,6 +220,21 @@ class TestDataReads:
             ("intake-coordinator v1", "matter", 1, 0),
         ]
         assert "refused" in page_text(response)
+
+    def test_a_read_whose_payload_retention_removed_says_so(self, client, auditor, harbor):
+        long_ago = datetime(2020, 4, 1, 9, 30, tzinfo=UTC)  # past any retention now
+        read(harbor, intake(harbor), when=long_ago, reason="why-long-ago")
+        apply_retention()
+
+        response = client.get(
+            url("reads"), {"tenant": harbor.pk, "since": "2020-04-01", "until": "2020-04-01"}
+        )
+
+        [row] = response.context["answer"].rows
+        assert row.reason.startswith("(removed ") and "retention" in row.reason
+        text = page_text(response)
+        assert "why-long-ago" not in text
+        assert "— (removed by retention)" in text
 
 
 class TestApprovals:
