@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing
 from copy import copy
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit import context
 from audit.exports import (
-    CHUNK_SIZE,
     FORMATS,
     Export,
     ExportError,
@@ -40,15 +39,14 @@ def int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
+def _streamed(export: Export, events, *, user, request_info) -> Iterator[bytes]:
     """The bundle's bytes, read in the tenant's context; the export is audited once
-    complete, and a download given up half way is audited too."""
+    complete (with the request's id, address and agent: this runs after the request's
+    middleware), and a download given up half way is audited too."""
     actor = Actor.for_user(user)
     try:
-        with rls.tenant_context(export.tenant_id, user_id=user.pk):
-            rows = events.iterator(chunk_size=CHUNK_SIZE)
-            with closing(rows):
-                yield from stream_bundle(export, rows)
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
+            yield from stream_bundle(export, events)
             record(
                 tenant=export.tenant_id,
                 actor=actor,
@@ -56,12 +54,12 @@ def _streamed(export: Export, events, *, user) -> Iterator[bytes]:
                 data=audit_data(export, export.signed, via="admin"),
             )
     except GeneratorExit:
-        with rls.tenant_context(export.tenant_id, user_id=user.pk):
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
             record(
                 tenant=export.tenant_id,
                 actor=actor,
                 action="audit.export_abandoned",
-                data={"format": export.format, "events_sent": export.rows, "via": "admin"},
+                data={"format": export.format, "bytes_sent": export.size, "via": "admin"},
             )
         raise
 
@@ -88,15 +86,21 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-seq")
     fieldsets = (
-        (None, {"fields": ("tenant", "seq", "created_at", "action", "reason")}),
+        (None, {"fields": ("tenant", "seq", "when", "action", "reason")}),
         ("Who", {"fields": ("actor_type", "actor_label", "actor_username", "role_version_id")}),
+        ("Request", {"fields": ("request_id", "client_ip", "user_agent")}),
         ("What", {"fields": ("object_type", "object_id", "run", "step_id", "data_pretty")}),
-        ("Chain", {"fields": ("prev_hash", "hash")}),
+        ("Chain", {"fields": ("payload", "payload_digest", "prev_hash", "hash")}),
     )
     readonly_fields = (
         "tenant",
         "seq",
-        "created_at",
+        "when",
+        "request_id",
+        "client_ip",
+        "user_agent",
+        "payload",
+        "payload_digest",
         "action",
         "reason",
         "actor_type",
@@ -165,7 +169,8 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
             tenant_id=tenant.pk, since=since, until=until, upto_seq=upto, events=filtered
         )
         response = StreamingHttpResponse(
-            _streamed(export, events, user=request.user), content_type="application/zip"
+            _streamed(export, events, user=request.user, request_info=context.current()),
+            content_type="application/zip",
         )
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = (
@@ -185,7 +190,8 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="time", ordering="created_at")
     def when(self, obj):
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        moment = timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return format_html('<span style="white-space: nowrap">{}</span>', moment)
 
     @admin.display(description="actor", ordering="actor_label")
     def actor(self, obj):
@@ -193,7 +199,10 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="user")
     def actor_username(self, obj):
-        return username_of(obj.actor_user)
+        try:
+            return username_of(obj.actor_user)
+        except ObjectDoesNotExist:  # the trail outlives the user
+            return f"deleted user #{obj.actor_user_id}"
 
     @admin.display(description="object")
     def object(self, obj):
@@ -212,6 +221,13 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="reason")
     def short_reason(self, obj):
         return obj.reason if len(obj.reason) <= 80 else obj.reason[:79] + "…"
+
+    @admin.display(description="payload")
+    def payload(self, obj):
+        if obj.payload_redacted_at is None:
+            return "kept"
+        when = timezone.localtime(obj.payload_redacted_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return f"removed on {when} under the tenant's retention; its digest stays in the hash"
 
     @admin.display(description="data")
     def data_pretty(self, obj):

@@ -4,3 +4,19 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     name = "audit"
     verbose_name = "Audit trail"
+
+    def ready(self):
+        from django.contrib.auth import signals
+
+        from audit import receivers
+
+        # Sign-in, failed sign-in and sign-out, wherever they happen, are audit events.
+        signals.user_logged_in.connect(
+            receivers.on_user_logged_in, dispatch_uid="audit.on_user_logged_in"
+        )
+        signals.user_logged_out.connect(
+            receivers.on_user_logged_out, dispatch_uid="audit.on_user_logged_out"
+        )
+        signals.user_login_failed.connect(
+            receivers.on_user_login_failed, dispatch_uid="audit.on_user_login_failed"
+        )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -32,6 +34,17 @@ _current: ContextVar[RequestInfo] = ContextVar("audit_request", default=NO_REQUE
 
 def current() -> RequestInfo:
     return _current.get()
+
+
+@contextmanager
+def using(info: RequestInfo) -> Iterator[None]:
+    """Events recorded inside carry `info`: for work a request hands on, such as a
+    streamed response produced after the request's middleware has returned."""
+    token = _current.set(info)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def client_ip(request) -> str | None:
@@ -60,10 +73,7 @@ class RequestContextMiddleware:
 
     def __call__(self, request):
         info = info_for(request)
-        token = _current.set(info)
-        try:
+        with using(info):
             response = self.get_response(request)
-        finally:
-            _current.reset(token)
         response[REQUEST_ID_HEADER] = info.request_id
         return response

@@ -29,7 +29,9 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.db import connection
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -155,27 +157,32 @@ class Export:
     checkpoint_note: str = ""
     signed: dict[str, Any] | None = None  # the manifest, once made
     _sha256: Any = field(default_factory=hashlib.sha256, repr=False)
-    _bytes: int = 0
+    size: int = 0  # bytes of the file written so far
 
     @property
     def file_name(self) -> str:
         return self.name or f"events.{self.format}"
 
-    def encoded(self, events: Iterable[AuditEvent]) -> Iterator[bytes]:
-        """The file's bytes, chunk by chunk, counted and hashed on the way."""
+    def encoded(self, events: QuerySet[AuditEvent]) -> Iterator[bytes]:
+        """The file's bytes, chunk by chunk, hashed on the way; then its rows are counted.
 
-        def counted():
-            for event in events:
-                self.rows += 1
-                self.first = self.first or (event.seq, event.hash)
-                self.last = (event.seq, event.hash)
-                yield event
-
-        for text in iter_export(counted(), format=self.format):
-            chunk = text.encode("utf-8")
-            self._sha256.update(chunk)
-            self._bytes += len(chunk)
-            yield chunk
+        On PostgreSQL the database formats the rows (COPY for CSV, json_build_object for
+        JSON Lines) as `audit.proof` reads them; elsewhere Python does, row by row.
+        """
+        if connection.vendor == "postgresql":
+            chunks = _postgres_chunks(events, format=self.format)
+        else:
+            chunks = _python_chunks(events, format=self.format)
+        with closing(chunks):
+            for chunk in chunks:
+                self._sha256.update(chunk)
+                self.size += len(chunk)
+                yield chunk
+        # Rows up to the covering checkpoint never change: counting them after is exact.
+        ordered = events.order_by("seq").values_list("seq", "hash")
+        self.rows = events.count()
+        self.first = ordered.first()
+        self.last = ordered.last()
 
     def manifest(self) -> dict[str, Any]:
         """The signed manifest; only once every chunk has been written."""
@@ -194,7 +201,7 @@ class Export:
                     "name": self.file_name,
                     "format": self.format,
                     "sha256": self._sha256.hexdigest(),
-                    "bytes": self._bytes,
+                    "bytes": self.size,
                 },
                 "rows": self.rows,
                 "first_seq": first[0],
@@ -208,6 +215,100 @@ class Export:
             signing.signer(),
         )
         return self.signed
+
+
+def _python_chunks(events: QuerySet[AuditEvent], *, format: str) -> Iterator[bytes]:
+    rows = events.iterator(chunk_size=CHUNK_SIZE)
+    # closing(): a failed export closes its database cursor at once, while the transaction
+    # that holds it is still open (on PostgreSQL it is a server-side cursor).
+    with closing(rows):
+        for text in iter_export(rows, format=format):
+            yield text.encode("utf-8")
+
+
+def _iso(column: str) -> str:
+    """SQL for Python's datetime.isoformat() of a UTC timestamp (no fraction when zero)."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
+        f"mod(date_part('microseconds', {column})::bigint, 1000000) = 0 THEN '' "
+        f"ELSE to_char({utc}, '.US') END || '+00:00'"
+    )
+
+
+# SQL literals of audit.proof.FORMULA_TRIGGERS.
+_TRIGGERS_SQL = ", ".join(
+    {"\t": "E'\\t'", "\r": "E'\\r'", "'": "''''"}.get(c, f"'{c}'") for c in proof.FORMULA_TRIGGERS
+)
+
+
+def _escaped(column: str) -> str:
+    """SQL for audit.proof.csv_escape of a text column."""
+    return (
+        f"CASE WHEN left({column}, 1) IN ({_TRIGGERS_SQL}) THEN '''' || {column} ELSE {column} END"
+    )
+
+
+_TEXT_COLUMNS = {
+    "actor_type",
+    "actor_label",
+    "action",
+    "object_type",
+    "object_id",
+    "request_id",
+    "user_agent",
+    "payload_digest",
+    "prev_hash",
+    "reason",
+    "hash",
+}
+_TABLE = "audit_auditevent"
+_TABLE_COLUMN = {"tenant": "tenant_id", "actor_user": "actor_user_id"}
+
+
+def _column_sql(name: str) -> str:
+    """The export's column `name` (audit.proof.EXPORT_COLUMNS) as PostgreSQL computes it."""
+    column = f"{_TABLE}.{_TABLE_COLUMN.get(name, name)}"
+    if name == "created_at":
+        return _iso(column)
+    if name == "payload_redacted_at":
+        return f"CASE WHEN {column} IS NULL THEN NULL ELSE {_iso(column)} END"
+    if name == "client_ip":
+        return f"host({column})"
+    return column
+
+
+def _csv_cell_sql(name: str) -> str:
+    if name in _TEXT_COLUMNS:
+        return _escaped(_column_sql(name))
+    return f"{_TABLE}.data::text" if name == "data" else _column_sql(name)
+
+
+def _postgres_chunks(events: QuerySet[AuditEvent], *, format: str) -> Iterator[bytes]:
+    """The export file as PostgreSQL writes it: COPY of the queryset's own SQL (its filters,
+    its order by seq), one column per export column for CSV, one JSON text for JSON Lines."""
+    if format == "csv":
+        cells = {f"x{i}": RawSQL(_csv_cell_sql(name), ()) for i, name in enumerate(COLUMNS)}
+        options = "FORMAT csv"
+        yield (",".join(COLUMNS) + "\n").encode()
+    else:
+        pairs = ", ".join(f"'{name}', {_column_sql(name)}" for name in COLUMNS)
+        cells = {"x0": RawSQL(f"json_build_object({pairs})::text", ())}
+        # One JSON text per line, as is: CSV with a quote and a delimiter that JSON text
+        # never holds (PostgreSQL escapes every control character in it) quotes nothing.
+        options = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
+    query = events.annotate(**cells).values_list(*cells).query
+    sql, params = query.sql_with_params()
+    statement = f"COPY ({sql}) TO STDOUT WITH ({options})"
+    with connection.cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
+        try:
+            yield from copy
+        except GeneratorExit:
+            # A download given up: read the rest rather than cancel the COPY, whose cancel
+            # could land on the next statement (the rollback) and break the connection.
+            for _ in copy:
+                pass
+            raise
 
 
 def start(export: Export) -> int:
@@ -283,11 +384,8 @@ def write_export(
         until=export.until,
         upto_seq=upto,
         events=events,
-    ).iterator(chunk_size=CHUNK_SIZE)
-    # closing(): a failed export closes its database cursor at once, while the transaction
-    # that holds it is still open (on PostgreSQL it is a server-side cursor).
-    with closing(rows):
-        _atomic_write(target, export.encoded(rows))
+    )
+    _atomic_write(target, export.encoded(rows))
     manifest = export.manifest()
     _atomic_write(target.with_name(target.name + ".manifest.json"), [manifest_bytes(manifest)])
     return manifest
@@ -312,13 +410,15 @@ class _Sink(io.RawIOBase):
         return data
 
 
-def stream_bundle(export: Export, events: Iterator[AuditEvent]) -> Iterator[bytes]:
+def stream_bundle(export: Export, events: QuerySet[AuditEvent]) -> Iterator[bytes]:
     """A ZIP of the export file and its manifest, yielded as it is made (constant memory).
     The manifest is the last member: it is known once the file is complete."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
-        with bundle.open(export.file_name, "w", force_zip64=True) as member:
-            for chunk in export.encoded(events):
+        chunks = export.encoded(events)
+        # closing(): a download given up ends the database read now, not when collected.
+        with closing(chunks), bundle.open(export.file_name, "w", force_zip64=True) as member:
+            for chunk in chunks:
                 member.write(chunk)
                 if sink._chunks:
                     yield sink.take()

@@ -35,11 +35,12 @@ import json
 import struct
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -381,32 +382,44 @@ class ExportReport:
         return not self.problems
 
 
-def read_bundle(path: Path) -> tuple[bytes, str, dict[str, Any]]:
-    """(file bytes, file name, manifest) from a ZIP bundle or from FILE + FILE.manifest.json."""
+@contextmanager
+def open_bundle(path: Path) -> Iterator[tuple[Callable[[], BinaryIO], str, dict[str, Any]]]:
+    """(a function opening the export file, its name, the manifest) of a ZIP bundle or of
+    FILE beside FILE.manifest.json; the file is read as a stream, never whole."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as bundle:
             try:
                 manifest = json.loads(bundle.read("manifest.json"))
             except KeyError:
                 raise ProofError("the bundle has no manifest.json") from None
-            name = str(manifest.get("file", {}).get("name", ""))
-            try:
-                return bundle.read(name), name, manifest
-            except KeyError:
-                raise ProofError(
-                    f"the bundle has no {name!r}, the file its manifest names"
-                ) from None
+            name = (
+                str(manifest.get("file", {}).get("name", "")) if isinstance(manifest, dict) else ""
+            )
+            if name not in bundle.namelist():
+                raise ProofError(f"the bundle has no {name!r}, the file its manifest names")
+            yield (lambda: bundle.open(name)), name, manifest
+        return
     manifest_path = path.with_name(path.name + ".manifest.json")
     if not manifest_path.is_file():
         raise ProofError(f"no manifest beside the file (expected {manifest_path})")
-    return path.read_bytes(), path.name, json.loads(manifest_path.read_text())
+    yield (lambda: path.open("rb")), path.name, json.loads(manifest_path.read_text())
 
 
-def iter_rows(content: bytes, *, format: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def file_digest(opener: Callable[[], BinaryIO]) -> tuple[str, int]:
+    """(SHA-256 hex, size) of a stream, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with opener() as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def iter_rows(stream: BinaryIO, *, format: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) for each row of an export file; ValueError on a malformed one."""
-    text = content.decode("utf-8")
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
     if format == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text, start=1):
             row = json.loads(line)
             if not isinstance(row, dict) or set(row) != set(EXPORT_COLUMNS):
                 raise ValueError(f"line {number}: not an export row")
@@ -414,7 +427,7 @@ def iter_rows(content: bytes, *, format: str) -> Iterator[tuple[int, dict[str, A
         return
     if format != "csv":
         raise ValueError(f"unknown format {format!r}")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(text)
     header = next(reader, None)
     if header != list(EXPORT_COLUMNS):
         raise ValueError("line 1: the header is not the export's columns")
@@ -448,36 +461,43 @@ def check_rows(rows: Iterable[tuple[int, Mapping[str, Any]]], *, contiguous: boo
     return [] if first is None else [first, last]
 
 
+def _check_file(opener, name: str, manifest: Mapping[str, Any], report: ExportReport) -> None:
+    described = manifest["file"]
+    if name != described["name"]:
+        report.problems.append(
+            f"the file is {name!r}, the manifest describes {described['name']!r}"
+        )
+    sha256, size = file_digest(opener)
+    if sha256 != described["sha256"] or size != described["bytes"]:
+        report.problems.append(
+            "the file's SHA-256 is not the manifest's: the file was altered, cut, or the "
+            "manifest belongs to another export"
+        )
+
+
 def verify_export(path: Path, verifier: Verifier) -> ExportReport:
     """Check an export bundle with only the pinned verifier key: the manifest's signature,
     the covering checkpoint's signature, the file's SHA-256 and size, each row's hashes, and
     for an export of a whole period the links between rows and its ends."""
     report = ExportReport()
     try:
-        content, name, manifest = read_bundle(path)
-        check_manifest(manifest, verifier)
-        checkpoint = open_checkpoint(str(manifest.get("checkpoint", "")), verifier)
-    except (ProofError, ValueError, OSError) as exc:
+        with open_bundle(path) as (opener, name, manifest):
+            check_manifest(manifest, verifier)
+            checkpoint = open_checkpoint(str(manifest.get("checkpoint", "")), verifier)
+            _check_file(opener, name, manifest, report)
+            with opener() as stream:
+                ends = check_rows(
+                    iter_rows(stream, format=manifest["file"]["format"]),
+                    contiguous=bool(manifest["contiguous"]),
+                    report=report,
+                )
+    except (ProofError, OSError, zipfile.BadZipFile) as exc:
         report.problems.append(str(exc))
         return report
-    described = manifest["file"]
-    if name != described["name"]:
-        report.problems.append(
-            f"the file is {name!r}, the manifest describes {described['name']!r}"
-        )
-    if sha256_hex(content) != described["sha256"] or len(content) != described["bytes"]:
-        report.problems.append(
-            "the file's SHA-256 is not the manifest's: the file was altered, cut, or the "
-            "manifest belongs to another export"
-        )
-    contiguous = bool(manifest["contiguous"])
-    try:
-        ends = check_rows(
-            iter_rows(content, format=described["format"]), contiguous=contiguous, report=report
-        )
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         report.problems.append(f"the file cannot be read as an export: {exc}")
         return report
+    contiguous = bool(manifest["contiguous"])
     if report.rows != manifest["rows"]:
         report.problems.append(f"{report.rows} rows, the manifest says {manifest['rows']}")
     if ends:

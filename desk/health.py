@@ -13,6 +13,7 @@ from django.db import connection
 from django.db.models import Min
 from django.utils import timezone
 
+from audit import signing
 from desk.models import Run, StepRun, Sweep, WorkerHeartbeat
 from desk.services import sweep_specs
 from tenants import rls
@@ -187,6 +188,15 @@ def check_workers(now: datetime, max_age: float) -> list[Check]:
     return [worker_check(worker, now=now, max_age=max_age) for worker in workers]
 
 
+def check_signing_key() -> Check:
+    """The audit signing key is there: without it no checkpoint or export can be signed."""
+    try:
+        name = signing.verifier().name
+    except signing.SigningKeyMissing as exc:
+        return Check("audit signing key", False, str(exc))
+    return Check("audit signing key", True, f"{name} at {signing.key_path()}")
+
+
 def web_health() -> Report:
     """The web process and its database (for a load balancer)."""
     return Report(checks=[check_database()], checked_at=timezone.now())
@@ -196,7 +206,7 @@ def system_health(*, max_age: float = MAX_AGE, ready_max_age: float = 2 * MAX_AG
     """Everything that must keep moving, each judged against `max_age` seconds."""
     now = timezone.now()
     database = check_database()
-    checks = [database, check_broker()]
+    checks = [database, check_broker(), check_signing_key()]
     if database.ok:
         try:
             checks += check_sweeps(now, max_age)

@@ -33,6 +33,9 @@ CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DESK_CSRF_TRUSTED_ORIGINS", "
 
 INSTALLED_APPS = [
     "django.contrib.admin",
+    # Before django.contrib.auth: its `changepassword` command (which refuses to reset a
+    # tenant member's password without a break-glass grant) replaces Django's.
+    "tenants",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -41,7 +44,6 @@ INSTALLED_APPS = [
     "guardian",
     "simple_history",
     "django_q",
-    "tenants",
     "roles",
     "desk.apps.DeskConfig",
     "approvals",
@@ -114,6 +116,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"
+FORMAT_MODULE_PATH = ["desk.formats"]
 USE_I18N = True
 USE_TZ = True
 

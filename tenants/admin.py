@@ -20,6 +20,7 @@ from audit.services import Actor
 # The one read of another app's tables here: a tenant's page shows its runs and usage.
 from desk.selectors import THROUGHPUT_WINDOW, with_capacity
 from roles.models import Role
+from tenants import admin_users  # noqa: F401  (people's accounts: the user admin, sign-in)
 from tenants.admin_scoping import (
     PLATFORM,
     TenantScopedAdmin,

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from tenants import rls
-from tenants.models import BreakGlassGrant, Tenant
+from tenants.models import BreakGlassGrant, Membership, Tenant
 from tenants.scoping import break_glass_grants, is_platform_staff
+
+
+def membership_tenant_ids(user) -> list[int]:
+    """Ids of the tenants a user is a member of (any kind, active account or not), in order.
+
+    Read in a context that shows that user's memberships and nothing else, so it answers
+    the same whoever asks: a sign-in not yet made, an administrator, a command.
+    """
+    with rls.lookup_context(user_id=user.pk):
+        tenant_ids = Membership.objects.filter(user_id=user.pk).values_list("tenant_id", flat=True)
+        return sorted(set(tenant_ids))
 
 
 def active_tenants() -> list[Tenant]:

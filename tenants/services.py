@@ -6,13 +6,16 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
 from django.db.models import F
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
+from audit.auth_events import chains_context, user_chains
 from audit.services import Actor, apply_changes, lock_chain, record
 from tenants import locking, rls
 from tenants.locking import Level, lock
@@ -26,6 +29,7 @@ from tenants.models import (
     Tenant,
 )
 from tenants.permissions import KIND_PERMISSIONS, MANAGED_PERMISSIONS
+from tenants.selectors import membership_tenant_ids
 
 
 def sync_tenant_permissions(*, user, tenant: Tenant) -> None:
@@ -380,3 +384,216 @@ def record_break_glass_view(*, user, grant_ids: list[int], method: str, path: st
             reason=grant.reason,
             data={"method": method, "path": path[:500]},
         )
+
+
+# --- people's accounts: passwords, and administrators' changes to users ---------------------
+#
+# A tenant's member's account is part of that tenant's record: whoever changes it, it is an
+# event on each of their tenants' chains (the platform chain for anyone else's account).
+
+
+class PasswordResetRefused(PermissionDenied):
+    """Someone set a tenant member's password without a break-glass grant on each of the
+    member's tenants (the refusal is recorded)."""
+
+
+USER_FIELDS = {
+    "username",
+    "first_name",
+    "last_name",
+    "email",
+    "is_active",
+    "is_staff",
+    "is_superuser",
+    "last_login",
+    "date_joined",
+}
+USER_RELATIONS = {"groups", "user_permissions"}
+
+
+def change_own_password(*, user, password: str | None) -> None:
+    """Set the user's own password (None: password sign-in off), recorded as such."""
+    chains = user_chains(user)
+    with locking.tracked(), chains_context(chains):
+        _set_password(user, password)
+        for chain in chains:
+            record(
+                tenant=chain,
+                actor=Actor.for_user(user),
+                action="auth.password_changed",
+                obj=user,
+                data={"user": user.get_username(), "usable": password is not None},
+            )
+
+
+def reset_password(
+    *,
+    user,
+    password: str | None,
+    actor: Actor,
+    via: str,
+    grant_ids: list[int] | None = None,
+) -> dict[int, BreakGlassGrant]:
+    """Set another person's password (None: password sign-in off) and return the grants
+    that allowed it, by tenant id.
+
+    A tenant member's password is theirs alone: anyone else (superusers included) needs an
+    open break-glass grant on each tenant the member belongs to, held by the actor, or, from
+    a command, named in `grant_ids`. Setting your own password is `change_own_password`.
+
+    Raises PasswordResetRefused when a grant is missing, after recording the refusal on each
+    of the member's tenants' chains; the password is not changed.
+    """
+    if actor.user is not None and actor.user.pk == user.pk:
+        change_own_password(user=user, password=password)
+        return {}
+    chains = user_chains(user)
+    tenant_ids = [chain for chain in chains if chain is not None]
+    data = {"user": user.get_username(), "via": via}
+    with locking.tracked(), chains_context(chains):
+        grants = _open_grants(tenant_ids=tenant_ids, actor=actor, grant_ids=grant_ids)
+        refused = any(tenant_id not in grants for tenant_id in tenant_ids)
+        if not refused:
+            _set_password(user, password)
+        for chain in chains:
+            grant = grants.get(chain)
+            event_data = {**data, "grant": grant.pk if grant else None}
+            if grant is not None:
+                event_data["grant_holder"] = grant.user.get_username()
+            if not refused:
+                event_data["usable"] = password is not None
+            record(
+                tenant=chain,
+                actor=actor,
+                action="auth.password_reset_refused" if refused else "auth.password_reset",
+                obj=user,
+                reason=grant.reason if grant is not None and not refused else "",
+                data=event_data,
+            )
+    if refused:
+        raise PasswordResetRefused(
+            f"{user.get_username()} is a member of a client tenant: only they may set their "
+            "password, or platform staff holding an open break-glass grant on each of their "
+            "tenants. Nothing was changed; the attempt is on the tenant's audit trail."
+        )
+    return grants
+
+
+def _open_grants(
+    *, tenant_ids: list[int], actor: Actor, grant_ids: list[int] | None
+) -> dict[int, BreakGlassGrant]:
+    """{tenant id: grant} of the open grants of platform staff on these tenants that the
+    actor holds (or that `grant_ids` names), locked until the end of the transaction so
+    none is closed while it is relied on."""
+    if not tenant_ids or (grant_ids is None and actor.user is None):
+        return {}
+    now = timezone.now()
+    grants = BreakGlassGrant.objects.filter(
+        tenant_id__in=tenant_ids,
+        ended_at__isnull=True,
+        started_at__lte=now,
+        expires_at__gt=now,
+        user__is_active=True,
+        user__platform_staff__isnull=False,
+    )
+    if grant_ids is None:
+        grants = grants.filter(user_id=actor.user.pk)
+    else:
+        grants = grants.filter(pk__in=grant_ids)
+    locked = lock(grants.select_related("user").order_by("pk"), Level.ROW, of=("self",))
+    return {grant.tenant_id: grant for grant in locked}
+
+
+def _set_password(user, password: str | None) -> None:
+    if password is None:
+        user.set_unusable_password()
+    else:
+        user.set_password(password)
+    user.save(update_fields=["password"])
+
+
+def add_user(*, user, actor: Actor) -> None:
+    """Save an account an administrator made (it belongs to no tenant yet), on the record."""
+    with locking.tracked(), rls.platform_context():
+        user.save()
+        record(
+            tenant=None,
+            actor=actor,
+            action="auth.user_created",
+            obj=user,
+            data={
+                "user": user.get_username(),
+                "is_staff": user.is_staff,
+                "is_superuser": user.is_superuser,
+                "usable_password": user.has_usable_password(),
+            },
+        )
+
+
+def update_user(*, user, actor: Actor, changes: dict[str, Any]) -> dict[str, list]:
+    """Apply an administrator's changes to an account (its fields, groups and permissions;
+    never its password) and record them on the chains of the user's tenants.
+
+    Raises ValueError for anything else (a programming error, not user input).
+    """
+    User = get_user_model()
+    changes = dict(changes)
+    relations = {name: changes.pop(name) for name in USER_RELATIONS & set(changes)}
+    chains = user_chains(user)
+    with locking.tracked(), chains_context(chains):
+        saved = lock(User.objects.all(), Level.ROW).get(pk=user.pk)
+        diff = apply_changes(saved, changes, allowed=USER_FIELDS)
+        for name, values in relations.items():
+            before = sorted(_relation_names(getattr(saved, name).all()))
+            after = sorted(_relation_names(values))
+            if before != after:
+                diff[name] = [before, after]
+        if not diff:
+            return diff
+        fields = sorted(set(diff) - USER_RELATIONS)
+        if fields:
+            saved.save(update_fields=fields)
+        for name, values in relations.items():
+            if name in diff:
+                getattr(saved, name).set(values)
+        for chain in chains:
+            record(
+                tenant=chain,
+                actor=actor,
+                action="auth.user_changed",
+                obj=saved,
+                data={"user": saved.get_username(), "changes": diff},
+            )
+    return diff
+
+
+def _relation_names(objects) -> list[str]:
+    names = []
+    for obj in objects:
+        content_type = getattr(obj, "content_type", None)  # a permission: "app.codename"
+        names.append(f"{content_type.app_label}.{obj.codename}" if content_type else str(obj))
+    return names
+
+
+def delete_user(*, user, actor: Actor) -> None:
+    """Delete an account that belongs to no tenant, on the platform's record.
+
+    Raises PermissionDenied for a tenant's member: their tenants' operators revoke their
+    memberships first (or an administrator makes the account inactive).
+    """
+    if membership_tenant_ids(user):
+        raise PermissionDenied(
+            f"{user.get_username()} is a member of a client tenant: their tenants' operators "
+            "remove their memberships first."
+        )
+    with locking.atomic():
+        with rls.platform_context():
+            record(
+                tenant=None,
+                actor=actor,
+                action="auth.user_deleted",
+                obj=user,
+                data={"user": user.get_username()},
+            )
+        # In the caller's own context: rows of tenants it cannot see are not touched.
+        user.delete()

@@ -47,7 +47,9 @@ def test_an_operator_of_several_clients_picks_the_client_first(client, users, ha
 def test_the_secret_is_shown_once_and_only_its_hash_is_kept(client, users, harbor):
     client.force_login(users["ops"])
 
-    created = client.post(f"{ADD_URL}?tenant={harbor.pk}", key_form(harbor))
+    created = client.post(
+        f"{ADD_URL}?tenant={harbor.pk}", key_form(harbor), headers={"X-Request-ID": "new-key-0001"}
+    )
 
     api_key = ApiKey.objects.get(tenant=harbor, name="Website intake")
     secret = created.context["secret"]
@@ -65,6 +67,7 @@ def test_the_secret_is_shown_once_and_only_its_hash_is_kept(client, users, harbo
     assert authenticate_api_key(secret) == api_key
     event = AuditEvent.objects.get(action="api_key.created", object_id=str(api_key.pk))
     assert secret not in str(event.data)
+    assert (event.request_id, event.client_ip) == ("new-key-0001", "127.0.0.1")
 
     later_pages = [
         CHANGELIST_URL,
@@ -98,13 +101,22 @@ def test_a_key_is_revoked_after_a_confirmation(client, users, harbor):
     assert confirmation.status_code == 200
     assert api_key.revoked_at is None
 
-    done = client.post(CHANGELIST_URL, {**selected, "confirm": "yes"})
+    done = client.post(
+        CHANGELIST_URL,
+        {**selected, "confirm": "yes"},
+        headers={"User-Agent": "Firefox/140", "X-Request-ID": "revoke-key-0001"},
+    )
 
     api_key.refresh_from_db()
     assert done.status_code == 302
     assert api_key.revoked_at is not None
     assert authenticate_api_key(secret) is None
-    assert AuditEvent.objects.filter(action="api_key.revoked", object_id=str(api_key.pk)).exists()
+    revoked = AuditEvent.objects.get(action="api_key.revoked", object_id=str(api_key.pk))
+    assert (revoked.request_id, revoked.client_ip, revoked.user_agent) == (
+        "revoke-key-0001",
+        "127.0.0.1",
+        "Firefox/140",
+    )
 
 
 def test_a_key_is_never_edited_nor_deleted(client, users, harbor):
@@ -137,8 +149,8 @@ def harbor_only_role(harbor):
 def test_a_northwind_operator_cannot_create_a_key_for_harbor(
     client, ops_northwind, harbor, northwind, harbor_only_role
 ):
-    keys, events = ApiKey.objects.count(), AuditEvent.objects.count()
     client.force_login(ops_northwind)
+    keys, events = ApiKey.objects.count(), AuditEvent.objects.count()
 
     form_page = client.get(ADD_URL, {"tenant": harbor.pk})
     for_harbor = client.post(

@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 from django.contrib import admin
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
@@ -46,8 +47,8 @@ def test_nobody_may_add_change_or_delete_an_event(users, superuser, event, usern
 def test_posting_to_an_events_pages_changes_nothing(client, users, superuser, event, username):
     user = superuser if username == "superuser" else users[username]
     before = AuditEvent.objects.filter(pk=event.pk).values().get()
-    count = AuditEvent.objects.count()
     client.force_login(user)
+    count = AuditEvent.objects.count()
 
     change = client.post(
         reverse("admin:audit_auditevent_change", args=[event.pk]),
@@ -111,8 +112,8 @@ def test_the_trail_filters_on_action_and_actor_type_and_searches(client, users, 
 class TestExport:
     URL = "/admin/audit/auditevent/export/"
 
-    def download(self, client, **params):
-        response = client.get(self.URL, params)
+    def download(self, client, HTTP_USER_AGENT="", **params):
+        response = client.get(self.URL, params, HTTP_USER_AGENT=HTTP_USER_AGENT)
         assert response.status_code == 200, response
         assert response["Content-Type"] == "application/zip"
         return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
@@ -123,7 +124,9 @@ class TestExport:
         client.force_login(users["auditor"])
         expected = AuditEvent.objects.filter(tenant=harbor).count()
 
-        bundle = self.download(client, tenant=harbor.pk, format="csv")
+        bundle = self.download(
+            client, tenant=harbor.pk, format="csv", HTTP_USER_AGENT="AuditBrowser/1.0"
+        )
 
         assert bundle.namelist() == ["events.csv", "manifest.json"]
         lines = bundle.read("events.csv").decode().strip().splitlines()
@@ -132,6 +135,8 @@ class TestExport:
         manifest = json.loads(bundle.read("manifest.json"))
         exported = AuditEvent.objects.filter(tenant=harbor, action="audit.exported").get()
         assert exported.actor_user == users["auditor"]
+        assert (exported.user_agent, exported.client_ip) == ("AuditBrowser/1.0", "127.0.0.1")
+        assert len(exported.request_id) == 32
         assert exported.data["events"] == expected
         assert exported.data["manifest_sha256"] == proof.sha256_hex(proof.canonical_json(manifest))
         path = tmp_path / "bundle.zip"
@@ -139,6 +144,23 @@ class TestExport:
             for name in bundle.namelist():
                 out.writestr(name, bundle.read(name))
         assert proof.verify_export(path, signing.verifier()).ok
+
+    def test_a_download_given_up_half_way_is_recorded_as_abandoned(
+        self, client, users, harbor, monkeypatch
+    ):
+        client.force_login(users["auditor"])
+        response = client.get(self.URL, {"tenant": harbor.pk, "format": "jsonl"})
+        next(iter(response.streaming_content))
+        # Closed as a WSGI server closes a response whose client went away. The request's
+        # end would close the test's own database connection (it is inside the test's
+        # transaction), so that part of Django's request signal is held back.
+        monkeypatch.setattr(BaseDatabaseWrapper, "close_if_unusable_or_obsolete", lambda self: None)
+
+        response.close()
+
+        [abandoned] = AuditEvent.objects.filter(tenant=harbor, action="audit.export_abandoned")
+        assert abandoned.actor_user == users["auditor"]
+        assert not AuditEvent.objects.filter(action="audit.exported").exists()
 
     def test_the_export_takes_the_period_and_the_changelists_filters(
         self, client, users, harbor, tmp_path

@@ -89,8 +89,8 @@ def test_ops_starts_a_run_and_reviewer_approves_its_draft(client, harbor, intake
 
 def test_rejecting_without_a_reason_changes_nothing_and_says_why(client, parked_run, users):
     request = ApprovalRequest.objects.get(run=parked_run)
-    events_before = AuditEvent.objects.count()
     client.force_login(users["reviewer.harbor"])
+    events_before = AuditEvent.objects.count()
 
     response = client.post(
         review_url(request), {"version": request.version, "verdict": "reject", "comment": "  "}
@@ -149,8 +149,8 @@ def test_edit_and_approve_sends_the_edited_draft(client, parked_run, users):
 
 def test_an_edit_without_its_subject_is_a_form_error_and_changes_nothing(client, parked_run, users):
     request = ApprovalRequest.objects.get(run=parked_run)
-    events_before = AuditEvent.objects.count()
     client.force_login(users["reviewer.harbor"])
+    events_before = AuditEvent.objects.count()
 
     response = client.post(
         review_url(request),

@@ -25,8 +25,8 @@ def broken_definition(role: Role) -> dict:
 
 
 def test_an_invalid_definition_shows_every_problem_and_writes_nothing(client, users, intake_role):
-    versions, events = RoleVersion.objects.count(), AuditEvent.objects.count()
     client.force_login(users["ops"])
+    versions, events = RoleVersion.objects.count(), AuditEvent.objects.count()
 
     response = client.post(
         ADD_URL,
@@ -126,8 +126,8 @@ def test_publish_and_activate(client, users, ops_harbor, intake_role, draft):
 
 def test_the_author_of_a_version_cannot_publish_it(client, users, intake_role, draft):
     first = intake_role.active_version
-    events = AuditEvent.objects.count()
     client.force_login(users["ops"])
+    events = AuditEvent.objects.count()
 
     page = client.get(reverse("admin:roles_roleversion_change", args=[draft.pk]))
     response = client.post(

@@ -202,23 +202,23 @@ class TestAuditExport:
     ):
         path = tmp_path / "export.jsonl"
         path.write_text("the previous export\n")
-        real_row = exports.export_row
+        real_encoded = exports.Export.encoded
         written = []
 
-        def failing_row(event):
-            if len(written) == 3:
+        def failing(self, events):
+            for chunk in real_encoded(self, events):
+                written.append(chunk)
                 raise RuntimeError("database went away")
-            written.append(event.seq)
-            return real_row(event)
 
-        monkeypatch.setattr(exports, "export_row", failing_row)
+        monkeypatch.setattr(exports.Export, "encoded", failing)
 
         with pytest.raises(RuntimeError, match="database went away"):
             export(tmp_path, "export.jsonl", tenant="harbor-legal", format="jsonl")
 
-        assert len(written) == 3
+        assert len(written) == 1
         assert path.read_text() == "the previous export\n"
         assert [p.name for p in tmp_path.iterdir()] == ["export.jsonl"]
+        assert not AuditEvent.objects.filter(action="audit.exported").exists()
 
 
 class TestAuditVerify:

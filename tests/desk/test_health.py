@@ -139,6 +139,15 @@ def test_an_hourly_sweep_whose_last_round_failed_fails_at_once(everything_fine):
     )
 
 
+def test_a_missing_audit_signing_key_fails(everything_fine, settings, tmp_path):
+    settings.AUDIT_SIGNING_KEY_FILE = tmp_path / "gone.key"
+
+    status, line, _ = health()
+
+    assert status == 1
+    assert line.startswith("unhealthy: audit signing key: No audit signing key at ")
+
+
 def test_a_sweep_that_never_ran_fails(everything_fine):
     Sweep.objects.filter(name="reaper").delete()
 
