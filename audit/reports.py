@@ -326,10 +326,6 @@ class RunReport:
     trail: Rows
     step_keys: dict[int, str]
 
-    @property
-    def kind(self) -> str:
-        return "run"
-
 
 @dataclass
 class TenantReport:
@@ -339,10 +335,6 @@ class TenantReport:
     approvals: Rows
     data_access: list[DataAccessSummary]
     changes: Rows
-
-    @property
-    def kind(self) -> str:
-        return "tenant"
 
 
 def tenant_events(tenant_id: int, period: Period | None = None) -> QuerySet[AuditEvent]:
