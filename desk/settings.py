@@ -176,6 +176,8 @@ DESK_DEFAULT_APPROVAL = {
     "max_reminders": 2,
     "max_rounds": 3,
 }
+# What the audit reports read of runs and roles (audit.reports.RunRecords); desk implements it.
+AUDIT_RUN_RECORDS = "desk.report_records.RunRecords"
 # Where desk announces what happened to runs (desk.events); webhooks implements it.
 DESK_EVENT_SINK = "webhooks.services.emit"
 # Who hands each outbox channel's messages over (desk.services.outbox): channel -> handler.
@@ -220,7 +222,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DESK_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # WeasyPrint (PDF audit reports) logs every rendering step at INFO.
+        "weasyprint": {"level": "WARNING"},
+    },
 }
 
 # Tools AI employees can call; roles list which of these each may use.

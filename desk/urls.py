@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from audit import report_views
 from desk import api, views
 
 api_patterns = (
@@ -18,6 +19,8 @@ api_patterns = (
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", views.healthz, name="healthz"),
+    # Before the admin's own URLs, whose catch-all would answer 404 for these.
+    path("admin/audit/reports/", include(report_views.urls)),
     path("admin/", admin.site.urls),
     path("approvals/", include("approvals.urls")),
     path("api/v1/", include(api_patterns)),

@@ -147,6 +147,8 @@ def test_the_run_page_shows_its_timeline_approvals_and_trail(client, users, park
     )
     assert "Tool call: <code>records.search</code>" in content
     assert 'name="_save"' not in content
+    report = f"{reverse('audit_reports:run')}?tenant={parked_run.tenant_id}&amp;run={parked_run.pk}"
+    assert report in content
 
 
 def test_reviewers_see_the_timeline_but_not_the_trail(client, users, parked_run):
@@ -158,6 +160,7 @@ def test_reviewers_see_the_timeline_but_not_the_trail(client, users, parked_run)
     assert response.context["may_audit"] is False
     assert response.context["audit_events"] == []
     assert 'id="audit"' not in response.content.decode()
+    assert reverse("audit_reports:run") not in response.content.decode()
 
 
 # --- service levels and cost ------------------------------------------------------------

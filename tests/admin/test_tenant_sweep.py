@@ -373,6 +373,105 @@ def test_index_and_app_pages_name_no_other_tenant(client, world, northwind_perso
         assert_no_harbor_text(response, page)
 
 
+# --- pages under /admin/ that no ModelAdmin serves: the audit reports -----------------------
+
+REPORT_PAGES = ("run", "tenant", "reads", "approvals", "changes")
+WHOLE_TIME = {"since": "2000-01-01", "until": "2099-12-31"}
+
+
+def admin_routes_outside_the_admin_site() -> set[str]:
+    """Names of the routes under /admin/ that admin.site's own URLs (swept above) do not hold."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found = set()
+
+    def visit(patterns, prefix, namespace):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                if pattern.namespace == admin.site.name:
+                    continue
+                path = prefix + str(pattern.pattern)
+                visit(pattern.url_patterns, path, pattern.namespace or namespace)
+            elif isinstance(pattern, URLPattern) and (prefix + str(pattern.pattern)).startswith(
+                "/admin/"
+            ):
+                found.add(f"{namespace}:{pattern.name}")
+
+    visit(get_resolver().url_patterns, "/", None)
+    return found
+
+
+def test_every_page_under_the_admin_outside_its_model_admins_is_swept():
+    assert admin_routes_outside_the_admin_site() == {
+        "audit_reports:index",
+        *(f"audit_reports:{page}" for page in REPORT_PAGES),
+        *(f"audit_reports:{page}_download" for page in REPORT_PAGES),
+    }
+
+
+def harbor_asks(world) -> dict[str, list[dict]]:
+    """What a northwind person could ask of harbor's trail: harbor as the tenant, or their
+    own tenant with harbor's run, role and role version."""
+    harbor, northwind = world.harbor.pk, world.northwind.pk
+    run = world.completed_run
+    return {
+        "run": [
+            {"tenant": harbor, "run": run.pk},
+            {"tenant": northwind, "run": run.pk},
+            {"tenant": northwind, "run": world.parked_run.pk},
+        ],
+        "tenant": [{"tenant": harbor, **WHOLE_TIME}],
+        "reads": [
+            {"tenant": harbor, **WHOLE_TIME},
+            {"tenant": northwind, "employee": f"version:{run.role_version_id}", **WHOLE_TIME},
+            {"tenant": northwind, "employee": f"role:{run.role_id}", **WHOLE_TIME},
+        ],
+        "approvals": [{"tenant": harbor, **WHOLE_TIME}],
+        "changes": [{"tenant": harbor, **WHOLE_TIME}],
+    }
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_northwind_people_get_nothing_of_harbor_from_the_audit_reports(
+    client, world, northwind_person, username
+):
+    user = northwind_person(username)
+    may_audit = username != "reviewer.northwind"
+    before = tenant_state(world.harbor)
+    client.force_login(user)
+
+    index = client.get(reverse("audit_reports:index"))
+    assert index.status_code == (200 if may_audit else 403)
+    assert_no_harbor_text(index, "reports index")
+    for page, asks in harbor_asks(world).items():
+        for params in asks:
+            shown = client.get(reverse(f"audit_reports:{page}"), params)
+            made = client.post(reverse(f"audit_reports:{page}_download"), params)
+
+            where = f"{page} {params}"
+            assert shown.status_code in (200, 403, 404), where
+            if shown.status_code == 200:
+                assert not shown.context["answered"], f"{where} answered"
+            assert made.status_code in (400, 403, 404), f"download {where}"
+            assert_no_harbor_text(shown, where)
+            assert_no_harbor_text(made, f"download {where}")
+        # Their own tenant's report names nothing of harbor.
+        own = {"tenant": world.northwind.pk, **WHOLE_TIME}
+        if page == "run":
+            own = {"tenant": world.northwind.pk, "run": northwind_run(world).pk}
+        mine = client.get(reverse(f"audit_reports:{page}"), own)
+        assert mine.status_code == (200 if may_audit else 403)
+        assert_no_harbor_text(mine, f"{page} of northwind")
+
+    assert tenant_state(world.harbor) == before
+
+
+def northwind_run(world):
+    from desk.models import Run
+
+    return Run.objects.filter(tenant=world.northwind).order_by("pk").first()
+
+
 # --- pages outside the admin and the API ----------------------------------------------------
 
 
