@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from audit import checkpoints, proof
+from audit import checkpoints, proof, signing
 from audit.models import AuditChain, AuditEvent
 from audit.services import hashed_fields
 
@@ -93,8 +93,6 @@ def verify_chain(
 ) -> list[ChainProblem]:
     """Recompute one chain and hold it against its checkpoints; every break found, in
     order (empty when intact). Runs in the caller's database context."""
-    from audit import signing
-
     now = now or timezone.now()
     problems: list[ChainProblem] = []
     log = _read_log(tenant_id, verifier or signing.verifier(), problems)
