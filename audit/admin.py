@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from copy import copy
 
 from django.contrib import admin, messages
@@ -18,15 +17,12 @@ from audit.exports import (
     FORMATS,
     Export,
     ExportError,
-    audit_data,
+    download,
     events_for_export,
     parse_bound,
     start,
-    stream_bundle,
 )
 from audit.models import AuditEvent
-from audit.services import Actor, record
-from tenants import rls
 from tenants.admin_scoping import TenantScopedAdmin, pretty_json, username_of
 from tenants.permissions import can_audit_tenant
 from tenants.scoping import tenants_for_user
@@ -37,31 +33,6 @@ NOT_FILTERS = {"p", "o", "e", "_changelist_filters"}
 
 def int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
-
-
-def _streamed(export: Export, events, *, user, request_info) -> Iterator[bytes]:
-    """The bundle's bytes, read in the tenant's context; the export is audited once
-    complete (with the request's id, address and agent: this runs after the request's
-    middleware), and a download given up half way is audited too."""
-    actor = Actor.for_user(user)
-    try:
-        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
-            yield from stream_bundle(export, events)
-            record(
-                tenant=export.tenant_id,
-                actor=actor,
-                action="audit.exported",
-                data=audit_data(export, export.signed, via="admin"),
-            )
-    except GeneratorExit:
-        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
-            record(
-                tenant=export.tenant_id,
-                actor=actor,
-                action="audit.export_abandoned",
-                data={"format": export.format, "bytes_sent": export.size, "via": "admin"},
-            )
-        raise
 
 
 @admin.register(AuditEvent)
@@ -169,7 +140,7 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
             tenant_id=tenant.pk, since=since, until=until, upto_seq=upto, events=filtered
         )
         response = StreamingHttpResponse(
-            _streamed(export, events, user=request.user, request_info=context.current()),
+            download(export, events, user=request.user, request_info=context.current()),
             content_type="application/zip",
         )
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")

@@ -35,9 +35,10 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from audit import checkpoints, proof, signing
+from audit import checkpoints, context, proof, signing
 from audit.models import AuditEvent
-from audit.services import export_row
+from audit.services import Actor, export_row, record
+from tenants import rls
 
 COLUMNS = proof.EXPORT_COLUMNS
 FORMATS = ("csv", "jsonl")
@@ -377,12 +378,11 @@ def write_export(
     Raises ExportError for an unusable path; nothing is written then.
     """
     target = check_target(path)
-    upto = upto_seq
     rows = events_for_export(
         tenant_id=export.tenant_id,
         since=export.since,
         until=export.until,
-        upto_seq=upto,
+        upto_seq=upto_seq,
         events=events,
     )
     _atomic_write(target, export.encoded(rows))
@@ -443,3 +443,30 @@ def audit_data(export: Export, manifest: dict[str, Any], *, via: str) -> dict[st
         "file_sha256": manifest["file"]["sha256"],
         "last_seq": export.last[0] if export.last else None,
     }
+
+
+def download(
+    export: Export, events: QuerySet[AuditEvent], *, user, request_info: context.RequestInfo
+) -> Iterator[bytes]:
+    """The bundle a person downloads (`stream_bundle`), read in the tenant's context; the
+    export is audited once complete (with the request's id, address and agent: this runs
+    after the request's middleware), and a download given up half way is audited too."""
+    actor = Actor.for_user(user)
+    try:
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
+            yield from stream_bundle(export, events)
+            record(
+                tenant=export.tenant_id,
+                actor=actor,
+                action="audit.exported",
+                data=audit_data(export, export.signed, via="admin"),
+            )
+    except GeneratorExit:
+        with context.using(request_info), rls.tenant_context(export.tenant_id, user_id=user.pk):
+            record(
+                tenant=export.tenant_id,
+                actor=actor,
+                action="audit.export_abandoned",
+                data={"format": export.format, "bytes_sent": export.size, "via": "admin"},
+            )
+        raise
