@@ -111,22 +111,29 @@ def effective_rule(*, tenant_id: int, role_id: int, category: str) -> GateRule |
     return rule
 
 
+def step_rule(*, tenant_id: int, version, index: int) -> GateRule | None:
+    """The review rule for step `index` of a role version, or None when it runs on its own
+    (what the runtime asks at each step, and what a golden case counts as a gate hit)."""
+    step = version.steps[index]
+    role_id = version.role_id
+    rule = effective_rule(tenant_id=tenant_id, role_id=role_id, category=step["category"])
+    if step["kind"] == "tool":
+        # A tool's own category counts whatever the step is labelled (old versions
+        # validated before tools declared one included).
+        least = tool_category(step.get("tool", ""))
+        if least != step["category"]:
+            floor = effective_rule(tenant_id=tenant_id, role_id=role_id, category=least)
+            if floor is not None:
+                rule = floor if rule is None else _tighter(rule, floor)
+    if rule is None and step["kind"] == "review":
+        # An explicit checkpoint always waits for a person.
+        rule = _rule(None, source="checkpoint")
+    return rule
+
+
 class ApprovalGate:
     def rule_for(self, *, run, step) -> GateRule | None:
-        rule = effective_rule(tenant_id=run.tenant_id, role_id=run.role_id, category=step.category)
-        if step.kind == "tool":
-            # A tool's own category counts whatever the step is labelled (old versions
-            # validated before tools declared one included).
-            tool = run.role_version.definition["steps"][step.index].get("tool", "")
-            least = tool_category(tool)
-            if least != step.category:
-                floor = effective_rule(tenant_id=run.tenant_id, role_id=run.role_id, category=least)
-                if floor is not None:
-                    rule = floor if rule is None else _tighter(rule, floor)
-        if rule is None and step.kind == "review":
-            # An explicit checkpoint always waits for a person.
-            rule = _rule(None, source="checkpoint")
-        return rule
+        return step_rule(tenant_id=run.tenant_id, version=run.role_version, index=step.index)
 
     def approval_holds(self, *, run, step) -> bool:
         request = (

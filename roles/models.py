@@ -84,3 +84,26 @@ class RoleVersion(models.Model):
     @property
     def steps(self) -> list[dict]:
         return self.definition.get("steps", [])
+
+    # The bundle: everything that decides behaviour lives in `definition` (README, "The
+    # bundle"). These read it; a run pinned to this version reads nothing else.
+
+    @property
+    def input_schema(self) -> dict:
+        return self.definition.get("input_schema") or {}
+
+    @property
+    def allowed_tools(self) -> list[str]:
+        return list(self.definition.get("allowed_tools") or [])
+
+    @property
+    def allowed_data_kinds(self) -> list[str]:
+        return list(self.definition.get("allowed_data_kinds") or [])
+
+    @property
+    def target_turnaround_minutes(self) -> int:
+        return int(self.definition.get("target_turnaround_minutes") or 240)
+
+    @property
+    def approval_rules(self) -> list[dict]:
+        return list(self.definition.get("approval_rules") or [])
