@@ -132,12 +132,19 @@ def build_context(run: Run, steps: list[StepRun]) -> dict[str, Any]:
         if s.kind == "review" and isinstance(s.output, dict):
             # What a reviewer corrected at a checkpoint is what the steps after it read.
             outputs.update(s.output.get("corrections") or {})
+    return template_context(
+        input=run.input, outputs=outputs, tenant=run.tenant, role=run.role, run_id=run.pk
+    )
+
+
+def template_context(*, input, outputs: dict[str, Any], tenant, role, run_id) -> dict[str, Any]:
+    """The context templates are rendered in, from its parts (pure: golden cases use it)."""
     return {
-        "input": run.input,
+        "input": input,
         "steps": outputs,
-        "tenant": {"slug": run.tenant.slug, "name": run.tenant.name},
-        "role": {"slug": run.role.slug, "name": run.role.name},
-        "run": {"id": run.pk},
+        "tenant": {"slug": tenant.slug, "name": tenant.name},
+        "role": {"slug": role.slug, "name": role.name},
+        "run": {"id": run_id},
     }
 
 
@@ -151,11 +158,20 @@ def erred_attempts(step: StepRun) -> int:
 
 
 def model_request(lease: Lease) -> ModelRequest:
-    model = lease.definition.get("model", {})
+    return model_request_for(
+        definition=lease.definition, step_def=lease.step_def, rendered=lease.step.rendered
+    )
+
+
+def model_request_for(
+    *, definition: dict[str, Any], step_def: dict[str, Any], rendered: dict[str, Any]
+) -> ModelRequest:
+    """The model call of a rendered llm step under a definition's model settings (pure)."""
+    model = definition.get("model", {})
     return ModelRequest(
-        prompt=lease.step.rendered["prompt"],
-        system=lease.step.rendered.get("system", ""),
-        output_schema=lease.step_def["output_schema"],
+        prompt=rendered["prompt"],
+        system=rendered.get("system", ""),
+        output_schema=step_def["output_schema"],
         model=model.get("name", "offline-1"),
         temperature=float(model.get("temperature", 0)),
         max_tokens=int(model.get("max_tokens", 1024)),
@@ -282,20 +298,43 @@ def _gate_rule(run: Run, steps: list[StepRun], step: StepRun, step_def) -> GateR
 
 
 def _render(step: StepRun, step_def, definition, context) -> dict[str, Any]:
-    if step.kind == "tool":
+    return render_step(
+        step_def,
+        definition,
+        context,
+        approved_payload=step.approved_payload,
+        feedback=step.feedback,
+        previous_output=step.rendered.get("previous_output"),
+    )
+
+
+def render_step(
+    step_def: dict[str, Any],
+    definition: dict[str, Any],
+    context: dict[str, Any],
+    *,
+    approved_payload: Any = None,
+    feedback: str = "",
+    previous_output: Any = None,
+) -> dict[str, Any]:
+    """A step's rendered prompt, tool call or checkpoint (pure: golden cases use it).
+
+    Raises RenderError when a template refers to something missing or forbidden.
+    """
+    kind = step_def["kind"]
+    if kind == "tool":
         args = (
-            step.approved_payload
-            if step.approved_payload is not None
+            approved_payload
+            if approved_payload is not None
             else render_value(step_def.get("args", {}), context)
         )
         return {"tool": step_def["tool"], "args": args}
-    if step.kind == "llm":
+    if kind == "llm":
         prompt = render_text(step_def["prompt"], context)
-        if step.feedback:
-            previous = step.rendered.get("previous_output")
-            prompt += f"\n\nFeedback: {step.feedback}"
-            if previous:
-                prompt += f"\nPrevious draft: {previous}"
+        if feedback:
+            prompt += f"\n\nFeedback: {feedback}"
+            if previous_output:
+                prompt += f"\nPrevious draft: {previous_output}"
         return {
             "prompt": prompt,
             "system": render_text(definition.get("system", ""), context),
