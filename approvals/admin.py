@@ -54,6 +54,7 @@ from approvals.services import (
 from audit.services import Actor
 from desk.engine import step_definition
 from desk.selectors import steps_before
+from roles.admin_golden import golden_from_decision_button
 from roles.workflow import CATEGORIES
 from tenants.admin_scoping import (
     TenantScopedAdmin,
@@ -206,6 +207,19 @@ class DecisionInline(TenantScopedAdmin, admin.TabularInline):
         if not obj.diff:
             return "—"
         return format_html('<pre class="desk-json">{}</pre>', obj.diff)
+
+    def get_fields(self, request, obj=None):
+        # Operators may turn a reviewer's edit into a golden case of the role, in one click.
+        if obj is not None and can_operate_tenant(request.user, obj.tenant):
+            return (*self.fields, "golden_case")
+        return self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    @admin.display(description="golden case")
+    def golden_case(self, obj):
+        return golden_from_decision_button(obj) or "—"
 
 
 @admin.register(ApprovalRequest)

@@ -209,6 +209,8 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
             "may_audit": may_audit,
             "audit_events": events,
             "may_cancel": run.is_open and can_operate_tenant(request.user, run.tenant),
+            "may_make_golden": run.status == Run.Status.COMPLETED
+            and can_operate_tenant(request.user, run.tenant),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
 

@@ -495,3 +495,7 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
             # Four eyes: whoever wrote a draft leaves its publication to another operator.
             context["is_author"] = obj.created_by_id == request.user.pk
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+# Golden cases and suite runs: their own module, registered with the site on import.
+from roles import admin_golden  # noqa: E402, F401

@@ -111,7 +111,7 @@ class World:
 
 def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
     """For each tenant: a completed run (decision, outbox message and its delivery attempt),
-    a run parked at its gate with a pending request, an escalation, a draft role version, an
+    a golden case made from it and a suite run, a run parked at its gate with a pending request, an escalation, a draft role version, an
     API key, a webhook endpoint; plus the demo's roles, versions, policies, memberships and
     records. And platform staff's break-glass grant to harbor-legal."""
     worlds = {}
@@ -129,6 +129,12 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
         advance(done.pk)
         done.refresh_from_db()
         assert done.status == Run.Status.COMPLETED
+        # A golden case made from the completed run, and a suite run with its result.
+        from roles import golden
+
+        golden.case_from_run(done, Actor.for_user(users["ops"]))
+        suite = golden.start_suite(done.role_version, Actor.for_user(users["ops"]))
+        golden.run_suite(suite.pk)
         waiting = parked(tenant, users["ops"], input)
         with transaction.atomic():
             ApprovalGate().open_escalation(

@@ -332,6 +332,89 @@ def assert_form_offers_no_harbor_choices(form, harbor) -> None:
         assert not offered & pks_of(queryset.model, harbor), f"field {name} offers harbor rows"
 
 
+# --- the admins' own pages beyond Django's (one-click views, forms of their own) -----------
+
+STANDARD_VIEWS = {"changelist", "add", "history", "delete", "change", "simple_history"}
+# Pages without an object in their URL, swept by their own tests (the audit export's filters).
+WITHOUT_OBJECT = {"audit_auditevent_export"}
+
+
+def custom_admin_urls() -> list[tuple[type, object]]:
+    """(model, URL pattern) of every page a tenant-scoped ModelAdmin adds to its standard ones."""
+    from django.urls import URLPattern
+
+    found = []
+    for model in TENANT_SCOPED:
+        prefix = f"{model._meta.app_label}_{model._meta.model_name}_"
+        for pattern in admin.site._registry[model].get_urls():
+            if not isinstance(pattern, URLPattern) or not pattern.name:
+                continue
+            if pattern.name.removeprefix(prefix) not in STANDARD_VIEWS:
+                found.append((model, pattern))
+    return found
+
+
+def harbor_ids(world, model) -> dict[str, int]:
+    """Harbor's object for each URL parameter a custom admin page takes."""
+    from approvals.models import Decision
+    from roles.models import RoleVersion
+
+    harbor = world.harbor
+    return {
+        "object_id": rows_of(model, harbor).order_by("pk").first().pk,
+        "decision_id": Decision.objects.filter(tenant=harbor, verdict="edit").get().pk,
+        "run_id": world.completed_run.pk,
+        "version_id": RoleVersion.objects.filter(tenant=harbor).order_by("-pk").first().pk,
+    }
+
+
+def test_the_custom_admin_pages_are_known():
+    names = {pattern.name for _, pattern in custom_admin_urls()}
+
+    assert names == {
+        "roles_role_canary",
+        "roles_goldencase_from_decision",
+        "roles_goldencase_from_run",
+        "roles_suiterun_start",
+        *WITHOUT_OBJECT,
+    }
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_northwind_people_reach_nothing_of_harbor_through_custom_admin_pages(
+    client, world, northwind_person, users, username
+):
+    from approvals.services import decide
+
+    # A harbor edit that a harbor operator could turn into a golden case.
+    draft = world.request.proposal["draft"]
+    decide(
+        request=world.request,
+        reviewer=users["reviewer.harbor"],
+        verdict="edit",
+        edited_payload={"draft": {**draft, "subject": "Re: Your lease"}},
+        comment="sweep",
+    )
+    user = northwind_person(username)
+    before = tenant_state(world.harbor)
+    client.force_login(user)
+
+    for model, pattern in custom_admin_urls():
+        params = list(pattern.pattern.converters)
+        if not params:
+            assert pattern.name in WITHOUT_OBJECT
+            continue
+        ids = harbor_ids(world, model)
+        unknown = [name for name in params if name not in ids]
+        assert not unknown, f"{pattern.name}: extend harbor_ids with {unknown}"
+        page = reverse(f"admin:{pattern.name}", kwargs={name: ids[name] for name in params})
+        for response in (client.get(page), client.post(page, {"percent": 50, "version": ""})):
+            assert response.status_code in (403, 404, 405), f"{pattern.name} reached harbor"
+            assert_no_harbor_text(response, page)
+
+    assert tenant_state(world.harbor) == before
+
+
 # --- platform-only admins -------------------------------------------------------------------
 
 
