@@ -111,8 +111,9 @@ class World:
 
 def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
     """For each tenant: a completed run (decision, outbox message and its delivery attempt),
-    a golden case made from it and a suite run, a run parked at its gate with a pending request, an escalation, a draft role version, an
-    API key, a webhook endpoint; plus the demo's roles, versions, policies, memberships and
+    a golden case made from it and a suite run with its result, a run parked at its gate with
+    a pending request, an escalation, a draft role version, an API key, a webhook endpoint;
+    plus the demo's roles, versions, policies, memberships and
     records. And platform staff's break-glass grant to harbor-legal."""
     worlds = {}
     for tenant, reviewer, input in (
