@@ -535,7 +535,14 @@ class GateReport:
         return asdict(self)
 
 
-def _verdict(case: GoldenCase, result: CaseResult | None, baseline: CaseResult | None) -> str:
+def _verdict(
+    case: GoldenCase,
+    result: CaseResult | None,
+    baseline: CaseResult | None,
+    active: CaseResult | None,
+) -> str:
+    """A case's verdict. `baseline`: its result in the role's baseline, `active`: in the
+    latest finished suite run of the active version, each only if for the case as it is."""
     if not case.is_active:
         return "missing"  # retired since the baseline had it
     if result is None:
@@ -546,9 +553,9 @@ def _verdict(case: GoldenCase, result: CaseResult | None, baseline: CaseResult |
         return "error"
     if result.status == CaseResult.Status.FAILED:
         return "regressed" if baseline and baseline.status == CaseResult.Status.PASSED else "failed"
-    if baseline is None:
-        return "new"
-    return "fixed" if baseline.status != CaseResult.Status.PASSED else "passed"
+    if active is not None and active.status != CaseResult.Status.PASSED:
+        return "fixed"  # the active version fails it; this version passes
+    return "new" if baseline is None else "passed"
 
 
 def regression_gate(version: RoleVersion) -> GateReport:
@@ -567,11 +574,7 @@ def regression_gate(version: RoleVersion) -> GateReport:
         suite = (
             SuiteRun.objects.filter(version=version, bundle_digest=digest).order_by("-pk").first()
         )
-        baseline = (
-            SuiteRun.objects.filter(role_id=version.role_id, is_baseline=True)
-            .exclude(pk=getattr(suite, "pk", None))
-            .first()
-        )
+        baseline = SuiteRun.objects.filter(role_id=version.role_id, is_baseline=True).first()
         results = {}
         if suite is None:
             problems.append(
@@ -592,13 +595,31 @@ def regression_gate(version: RoleVersion) -> GateReport:
         )
         for case_id, result in baseline_results.items():
             cases.setdefault(case_id, result.case)
+        active_suite = (
+            SuiteRun.objects.filter(
+                version_id=version.role.active_version_id, status__in=SuiteRun.FINISHED
+            )
+            .order_by("-pk")
+            .first()
+        )
+        active_results = {r.case_id: r for r in active_suite.results.all()} if active_suite else {}
         rows = []
         finished = suite is not None and suite.is_finished
         for case_id in sorted(cases):
             case = cases[case_id]
             result = results.get(case_id)
             base = baseline_results.get(case_id)
-            verdict = _verdict(case, result, base) if finished or not case.is_active else "missing"
+            current = case_digest(input=case.input, expectations=case.expectations)
+            verdict = (
+                _verdict(
+                    case,
+                    result,
+                    base if base and base.case_digest == current else None,
+                    _if_current(active_results.get(case_id), current),
+                )
+                if finished or not case.is_active
+                else "missing"
+            )
             rows.append(
                 GateRow(
                     case_id=case_id,
@@ -618,6 +639,10 @@ def regression_gate(version: RoleVersion) -> GateReport:
         suite_run_id=suite.pk if suite else None,
         baseline_id=baseline.pk if baseline else None,
     )
+
+
+def _if_current(result: CaseResult | None, digest: str) -> CaseResult | None:
+    return result if result is not None and result.case_digest == digest else None
 
 
 def _problem(case: GoldenCase, verdict: str) -> str:

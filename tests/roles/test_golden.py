@@ -96,7 +96,7 @@ def test_a_passing_suite_of_the_active_version_is_the_baseline_and_opens_the_gat
     assert [c["tool"] for c in result.tools_called] == ["records.search", "email.send"]
     assert result.tokens > 0
     assert report.ok, report.problems
-    assert verdicts(report) == {"Lease question": "new"}
+    assert verdicts(report) == {"Lease question": "passed"}  # it is its own baseline
 
 
 def test_a_draft_that_keeps_passing_opens_the_gate(role, users):
@@ -110,6 +110,33 @@ def test_a_draft_that_keeps_passing_opens_the_gate(role, users):
     assert suite.status == SuiteRun.Status.PASSED and not suite.is_baseline
     assert report.ok, report.problems
     assert verdicts(report) == {"Lease question": "passed"}
+
+
+def test_a_case_added_after_the_baseline_is_new(role, users):
+    add_case(role, users)
+    assert run(role.active_version, users).is_baseline
+    add_case(role, users, name="Incorporation", expectations=LOOSE, subject="Incorporation")
+    draft = draft_of(role, users, system="Short answers.")
+
+    run(draft, users)
+    report = golden.regression_gate(draft)
+
+    assert report.ok, report.problems
+    assert verdicts(report) == {"Lease question": "passed", "Incorporation": "new"}
+
+
+def test_a_draft_passing_what_the_active_version_fails_is_fixed(role, users):
+    steps = [dict(step) for step in role.active_version.steps]
+    add_case(role, users, expectations={"gates_hit": ["send"]})
+    assert run(role.active_version, users).status == SuiteRun.Status.FAILED
+    steps[3].pop("covered_by")  # the e-mail gets its own review
+    draft = draft_of(role, users, steps=steps)
+
+    run(draft, users)
+    report = golden.regression_gate(draft)
+
+    assert report.ok, report.problems
+    assert verdicts(report) == {"Lease question": "fixed"}
 
 
 # --- attacks on the gate ---------------------------------------------------------------------
