@@ -192,7 +192,8 @@ def _complete(provider: Provider, request: ModelRequest):
 
 
 def _price(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    price = ModelPrice.objects.filter(model=model).first()
+    with transaction.atomic():
+        price = ModelPrice.objects.filter(model=model).first()
     if price is None:
         return Decimal(0)
     return price.cost(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
@@ -206,8 +207,7 @@ def evaluate(
     provider = provider or get_provider()
     result = Evaluation()
     try:
-        with rls.tenant_context(version.tenant_id):
-            _walk(version, input, provider, result)
+        _walk(version, input, provider, result)
     except _Stop as stop:
         result.status = stop.status
         result.error = str(stop)
@@ -215,15 +215,21 @@ def evaluate(
             result.check("step outputs satisfy their schemas", False, str(stop))
         return result
     model = (version.definition.get("model") or {}).get("name", "offline-1")
-    with rls.tenant_context(version.tenant_id):
-        _check(result, expectations, provider, model=model)
+    _check(result, expectations, provider, model=model)
     result.status = "passed" if all(c["ok"] for c in result.checks) else "failed"
     return result
 
 
 def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> None:
+    """Database work in short tenant contexts of its own; model calls outside any
+    transaction (they are I/O, and may take long)."""
     definition = version.definition
-    tenant, role = version.tenant, version.role
+    with rls.tenant_context(version.tenant_id):
+        tenant, role = version.tenant, version.role
+        rules = [
+            step_rule(tenant_id=version.tenant_id, version=version, index=index)
+            for index in range(len(version.steps))
+        ]
     schema = version.input_schema
     if schema:
         problems = schema_errors(schema, input)
@@ -237,7 +243,7 @@ def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> Non
         context = template_context(
             input=input, outputs=outputs, tenant=tenant, role=role, run_id=None
         )
-        rule = step_rule(tenant_id=version.tenant_id, version=version, index=index)
+        rule = rules[index]
         covered = step_def.get("covered_by") in gated
         if rule is not None and not covered:
             result.gates_hit.append(key)

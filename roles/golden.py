@@ -265,7 +265,8 @@ def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
     """Queue a run of the role's active golden cases against the version as it is now; a
     worker runs it (roles.tasks.run_golden_suite) once this commits.
 
-    An unfinished suite run of the same bundle is returned instead of a second one.
+    An unfinished suite run of the same bundle is returned (and its task rung again)
+    instead of a second one.
     Raises ValidationError when the role has no active golden case.
     """
     with locking.atomic():
@@ -279,6 +280,9 @@ def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
             .first()
         )
         if running is not None:
+            # Its task may have been lost (a broker restart, a killed worker): ring again;
+            # the task skips what is done.
+            transaction.on_commit(lambda: _enqueue(running.pk), robust=True)
             return running
         total = active_cases(version.role_id).count()
         if not total:
