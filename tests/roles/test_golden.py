@@ -588,3 +588,24 @@ def test_a_case_of_one_tenant_is_never_run_for_another(role, users, northwind):
         with rls.tenant_context(northwind.pk):
             assert not GoldenCase.objects.filter(pk=harbor_case.pk).exists()
             assert not SuiteRun.objects.filter(tenant_id=role.tenant_id).exists()
+
+
+@pytest.mark.postgres
+def test_a_suite_reads_nothing_outside_its_tenant_context(role, users):
+    """Run the task and the gate as the application role with no tenant set, as a worker
+    does: a query outside the task's tenant context would find nothing and fail."""
+    from django.db import connection
+
+    add_case(role, users)
+    suite = golden.start_suite(role.active_version, ops(users))
+    with connection.cursor() as cursor:
+        cursor.execute(f'SET LOCAL ROLE "{rls.APP_ROLE}"')
+        cursor.execute("SELECT set_config('agentdesk.tenant_ids', '', true)")
+        cursor.execute("SELECT count(*) FROM roles_goldencase")
+        assert cursor.fetchone() == (0,)
+
+    status = golden.run_suite(suite.pk)
+    report = golden.regression_gate(role.active_version)
+
+    assert status == SuiteRun.Status.PASSED
+    assert report.ok, report.problems
