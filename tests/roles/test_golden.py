@@ -298,6 +298,28 @@ def test_a_suite_of_a_draft_never_becomes_the_baseline(role, users):
     assert not SuiteRun.objects.filter(role=role, is_baseline=True).exists()
 
 
+def test_a_rubric_is_graded_by_the_model_and_repeats_on_the_offline_provider(role, users):
+    add_case(role, users, expectations={"rubric": "The reply is courteous."})
+
+    first = run(role.active_version, users).results.get()
+    second = run(draft_of(role, users), users).results.get()
+
+    assert first.status == CaseResult.Status.PASSED
+    assert first.checks == second.checks and first.checks[0]["check"] == "rubric"
+
+
+def test_a_final_output_outside_the_expected_schema_fails(role, users):
+    schema = {"type": "object", "required": ["cc"]}
+    add_case(role, users, expectations={"output_schema": schema})
+
+    suite = run(role.active_version, users)
+
+    result = suite.results.get()
+    assert result.status == CaseResult.Status.FAILED
+    assert "'cc' is a required property" in result.checks[0]["detail"]
+    assert suite.status == SuiteRun.Status.FAILED and not suite.is_baseline
+
+
 # --- attacks through the suite itself --------------------------------------------------------
 
 
