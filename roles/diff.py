@@ -96,7 +96,9 @@ def diff_bundles(old: dict | None, new: dict) -> list[Change]:
     old = old or {}
     changes: list[Change] = []
     changes += _diff_value(MODEL, ("model",), _dict(old, "model"), _dict(new, "model"))
-    changes += _diff_value(SYSTEM, ("system prompt",), _get(old, "system"), _get(new, "system"))
+    changes += _diff_value(
+        SYSTEM, ("system prompt",), _get(old, "system"), _get(new, "system"), text=True
+    )
     changes += _diff_steps(_list(old, "steps"), _list(new, "steps"))
     changes += _diff_value(
         INPUT_SCHEMA, ("input schema",), _dict(old, "input_schema"), _dict(new, "input_schema")
