@@ -68,7 +68,8 @@ def test_steps_are_matched_by_key_not_position(old, new):
             STEPS,
             "step 'greet'",
             ADDED,
-            after='{"category": "internal", "instructions": "Hi", "key": "greet", "kind": "review"}',
+            after='{"category": "internal", "instructions": "Hi", "key": "greet", '
+            '"kind": "review"}',
         )
     ]
 
