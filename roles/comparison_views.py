@@ -40,13 +40,14 @@ def comparison_urls(model_admin) -> list:
     def canary_compare(request, object_id):
         return canary_compare_view(model_admin, request, object_id)
 
+    # The longer route first: "<path:object_id>/compare/" would take "7/canary/compare/".
     return [
-        path("<path:object_id>/compare/", site.admin_view(compare), name="roles_role_compare"),
         path(
             "<path:object_id>/canary/compare/",
             site.admin_view(canary_compare),
             name="roles_role_canary_compare",
         ),
+        path("<path:object_id>/compare/", site.admin_view(compare), name="roles_role_compare"),
     ]
 
 
