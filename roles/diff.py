@@ -228,8 +228,9 @@ def _diff_value(
             )
         return changes
     kind = ADDED if old is _MISSING else REMOVED if new is _MISSING else CHANGED
-    if text and _is_text(old) and _is_text(new):
-        return [Change(section, _path(where), kind, lines=_line_diff(old, new))]
+    lines = _line_diff(old, new) if text and _is_text(old) and _is_text(new) else ()
+    if lines:  # (a change in line endings only shows as before and after)
+        return [Change(section, _path(where), kind, lines=lines)]
     return [
         Change(
             section,

@@ -110,6 +110,15 @@ def test_a_prompt_change_is_a_unified_line_diff(old, new):
     assert not any(line.startswith(("---", "+++")) for line in change.lines)
 
 
+def test_a_text_changed_in_line_endings_only_shows_before_and_after(old, new):
+    steps_of(new)["draft"]["prompt"] = steps_of(old)["draft"]["prompt"] + "\n"
+
+    (change,) = diff_bundles(old, new)
+
+    assert not change.is_text
+    assert change.after.endswith('\\n"')
+
+
 def test_the_system_prompt_is_text_too(old, new):
     new["system"] = "You are brief."
 
