@@ -83,7 +83,8 @@ class CompareForm(forms.Form):
     def __init__(self, *args, role: Role, **kwargs):
         super().__init__(*args, **kwargs)
         for name in ("old", "new"):
-            self.fields[name].queryset = versions_of(role)
+            # The choices need no bundle; the two compared read theirs, one query each.
+            self.fields[name].queryset = versions_of(role).defer("definition")
             self.fields[name].label_from_instance = lambda v: version_label(role, v)
 
 
@@ -152,7 +153,7 @@ class CanaryCompareForm(forms.Form):
 
     def __init__(self, *args, role: Role, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["versions"].queryset = versions_of(role)
+        self.fields["versions"].queryset = versions_of(role).defer("definition")
         self.fields["versions"].label_from_instance = lambda v: version_label(role, v)
 
     def clean_versions(self):
