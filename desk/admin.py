@@ -34,7 +34,7 @@ from desk.services import (
     start_run,
 )
 from desk.services.outbox import next_attempt_at
-from roles.models import Role
+from roles.models import Role, RoleVersion
 from tenants.admin_scoping import (
     TenantScopedAdmin,
     confirm_with_reason,
@@ -45,7 +45,7 @@ from tenants.admin_scoping import (
 )
 from tenants.models import Tenant
 from tenants.permissions import can_audit_tenant, can_operate_tenant
-from tenants.scoping import is_platform_staff
+from tenants.scoping import is_platform_staff, scope_to_user
 
 
 def human_duration(delta: timedelta) -> str:
@@ -82,6 +82,25 @@ class ServiceLevelFilter(admin.SimpleListFilter):
         return queryset
 
 
+class RoleVersionListFilter(admin.RelatedFieldListFilter):
+    """Runs by role version: the versions of the roles the user can see (of the role chosen
+    in the role filter, if any), newest first, named in one query; the value asked for
+    always applies, even when it is not offered (another tenant's version shows nothing)."""
+
+    max_choices = 100
+
+    def field_choices(self, field, request, model_admin):
+        versions = scope_to_user(RoleVersion.objects.all(), request.user).select_related("role")
+        role_id = request.GET.get("role__id__exact", "")
+        if role_id.isdigit():
+            versions = versions.filter(role_id=role_id)
+        versions = versions.order_by("role__name", "role_id", "-number")[: self.max_choices]
+        return [(version.pk, f"{version.role.name} · v{version.number}") for version in versions]
+
+    def has_output(self):
+        return bool(self.used_parameters) or super().has_output()
+
+
 @admin.register(Run)
 class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
     change_access = delete_access = None  # a run changes through its steps, not by hand
@@ -101,7 +120,14 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "tokens",
         "cost_display",
     )
-    list_filter = ("status", ServiceLevelFilter, "role", "tenant", "via")
+    list_filter = (
+        "status",
+        ServiceLevelFilter,
+        "role",
+        ("role_version", RoleVersionListFilter),
+        "tenant",
+        "via",
+    )
     list_select_related = ("tenant", "role", "role_version")
     search_fields = ("started_by_label", "role__name", "role__slug", "error")
     date_hierarchy = "created_at"

@@ -16,6 +16,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from audit.services import Actor
+from roles.comparison_views import comparison_urls
 from roles.models import Role, RoleVersion
 from roles.services import (
     activate_role_version,
@@ -209,7 +210,7 @@ class RoleAdmin(TenantScopedHistoryAdmin):
             self.admin_site.admin_view(self.canary_view),
             name="roles_role_canary",
         )
-        return [canary, *super().get_urls()]
+        return [canary, *comparison_urls(self), *super().get_urls()]
 
     def canary_view(self, request, object_id):
         role = self.get_object(request, unquote(object_id))

@@ -228,3 +228,108 @@ def test_a_run_on_hold_stands_out(client, users, harbor):
     assert '<span class="desk-badge on_hold">On hold (escalated)</span>' in (
         response.content.decode()
     )
+
+
+# --- by role version ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def runs_of_two_versions(harbor, users, intake_role, ops_harbor) -> dict[str, list[Run]]:
+    """Two intake runs on v1, then one on v2 (published and active)."""
+    from roles.services import create_role_version, publish_role_version
+
+    on_v1 = [start_intake(harbor, users["ops"]) for _ in range(2)]
+    v2 = create_role_version(
+        role=intake_role,
+        definition=intake_role.active_version.definition,
+        actor=Actor.for_user(users["ops"]),
+    )
+    publish_role_version(version=v2, actor=Actor.for_user(ops_harbor))
+    on_v2 = [start_intake(harbor, users["ops"])]
+    assert {run.role_version.number for run in on_v2} == {2}
+    return {"v1": on_v1, "v2": on_v2}
+
+
+def version_filter(response):
+    (spec,) = [
+        s
+        for s in response.context["cl"].filter_specs
+        if getattr(s, "field_path", "") == "role_version"
+    ]
+    return spec
+
+
+def test_runs_are_filtered_by_role_version(client, users, runs_of_two_versions):
+    v2 = runs_of_two_versions["v2"][0].role_version
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.get(CHANGELIST_URL, {"role_version__id__exact": v2.pk})
+
+    assert response.status_code == 200
+    assert [r.pk for r in response.context["cl"].result_list] == [runs_of_two_versions["v2"][0].pk]
+
+
+def test_the_version_filter_offers_only_the_users_tenants_versions(
+    client, users, harbor, runs_of_two_versions
+):
+    from roles.models import RoleVersion
+
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.get(CHANGELIST_URL)
+
+    offered = dict(version_filter(response).lookup_choices)
+    harbors = RoleVersion.objects.filter(tenant=harbor)
+    assert set(offered) == set(harbors.values_list("pk", flat=True))
+    assert offered[runs_of_two_versions["v2"][0].role_version_id] == "Intake coordinator · v2"
+
+
+def test_the_version_filter_narrows_to_the_chosen_role(client, users, runs_of_two_versions):
+    role = runs_of_two_versions["v1"][0].role
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.get(CHANGELIST_URL, {"role__id__exact": role.pk})
+
+    assert [label for _, label in version_filter(response).lookup_choices] == [
+        "Intake coordinator · v2",
+        "Intake coordinator · v1",
+    ]
+
+
+def test_another_tenants_version_shows_no_runs(client, users, northwind, runs_of_two_versions):
+    theirs = Role.objects.get(tenant=northwind, slug="intake-coordinator").active_version
+    start_intake(northwind, users["ops"])
+    client.force_login(users["reviewer.harbor"])
+
+    response = client.get(CHANGELIST_URL, {"role_version__id__exact": theirs.pk})
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == []
+    assert theirs.pk not in dict(version_filter(response).lookup_choices)
+
+
+def test_the_version_filter_names_its_choices_in_one_query(
+    client, users, harbor, intake_role, runs_of_two_versions, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from roles.models import RoleVersion
+    from roles.services import create_role_version
+
+    client.force_login(users["reviewer.harbor"])
+    client.get(CHANGELIST_URL)
+    with CaptureQueriesContext(connection) as before:
+        client.get(CHANGELIST_URL)
+    for _ in range(3):
+        create_role_version(
+            role=intake_role,
+            definition=intake_role.active_version.definition,
+            actor=Actor.for_user(users["ops"]),
+        )
+
+    with django_assert_num_queries(len(before.captured_queries)):
+        response = client.get(CHANGELIST_URL)
+
+    offered = version_filter(response).lookup_choices
+    assert len(offered) == RoleVersion.objects.filter(tenant=harbor).count()

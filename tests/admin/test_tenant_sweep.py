@@ -639,3 +639,99 @@ def test_northwind_people_reach_nothing_of_harbor_through_approval_links(
 
     assert tenant_state(world.harbor) == before
     assert Decision.objects.filter(tenant=world.northwind, via="email link").count() == 1
+
+
+# --- pages a ModelAdmin adds on one of its objects ------------------------------------------
+
+STANDARD_VIEWS = ("changelist", "add", "change", "delete", "history", "simple_history")
+
+
+def added_object_routes() -> list[tuple[type, str]]:
+    """(model, URL name) of every page on one object that a ModelAdmin adds to the standard
+    ones (swept above): a canary, a comparison…"""
+    routes = []
+    for model, model_admin in admin.site._registry.items():
+        opts = model._meta
+        standard = {f"{opts.app_label}_{opts.model_name}_{view}" for view in STANDARD_VIEWS}
+        for pattern in model_admin.get_urls():
+            named = pattern.name is not None  # the unnamed catch-all redirects to the change page
+            if named and "object_id" in str(pattern.pattern) and pattern.name not in standard:
+                routes.append((model, pattern.name))
+    return sorted(routes, key=lambda route: route[1])
+
+
+# What each page is asked, with harbor's ids where it takes ids (filled in by harbor_params).
+ADDED_OBJECT_PAGES = {
+    "roles_role_canary": "canary",
+    "roles_role_compare": "versions",
+    "roles_role_canary_compare": "versions",
+}
+
+
+def test_every_page_a_model_admin_adds_on_an_object_is_swept():
+    assert {name for _, name in added_object_routes()} == set(ADDED_OBJECT_PAGES)
+
+
+def harbor_params(kind: str, harbor: Tenant) -> dict:
+    from roles.models import RoleVersion
+
+    version = RoleVersion.objects.filter(tenant=harbor).order_by("-number", "pk").first()
+    if kind == "canary":
+        return {"version": version.pk, "percent": "50"}
+    return {
+        "old": version.pk,
+        "new": version.pk,
+        "versions": [version.pk],
+        "since_date": "2000-01-01",
+        "until_date": "2000-12-31",
+    }
+
+
+def harbor_objects_in(context, harbor: Tenant) -> list:
+    """Model instances of harbor's in a page's context (also in lists and figures)."""
+    from django.db.models import Model
+
+    found = []
+
+    def visit(value, depth=0):
+        if isinstance(value, Model):
+            tenant_id = value.pk if isinstance(value, Tenant) else getattr(value, "tenant_id", None)
+            if tenant_id == harbor.pk:
+                found.append(value)
+        elif isinstance(value, (list, tuple)) and depth < 2:
+            for item in value:
+                visit(item, depth + 1)
+        elif hasattr(value, "version") and isinstance(value.version, Model):
+            visit(value.version, depth + 1)
+
+    for each in context if isinstance(context, list) else [context]:  # a ContextList
+        for value in each.flatten().values():
+            visit(value)
+    return found
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_northwind_people_reach_nothing_of_harbor_through_added_object_pages(
+    client, world, northwind_person, username
+):
+    user = northwind_person(username)
+    before = tenant_state(world.harbor)
+    client.force_login(user)
+
+    for model, name in added_object_routes():
+        params = harbor_params(ADDED_OBJECT_PAGES[name], world.harbor)
+        target = rows_of(model, world.harbor).order_by("pk").first()
+        page = reverse(f"admin:{name}", args=[target.pk])
+        assert client.get(page).status_code in (403, 404), f"GET {page} reached harbor"
+        assert client.get(page, params).status_code in (403, 404), f"GET {page} reached harbor"
+        assert client.post(page, params).status_code in (403, 404), f"POST {page} reached harbor"
+
+        # Their own object's page, asked about harbor's ids, shows nothing of harbor.
+        mine = rows_of(model, world.northwind).order_by("pk").first()
+        own = client.get(reverse(f"admin:{name}", args=[mine.pk]), params)
+        assert own.status_code in (200, 403), f"GET {name} of northwind"
+        if own.status_code == 200:
+            assert_no_harbor_text(own, f"{name} of northwind")
+            assert harbor_objects_in(own.context, world.harbor) == [], f"{name} shows harbor"
+
+    assert tenant_state(world.harbor) == before
