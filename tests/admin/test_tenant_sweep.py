@@ -373,6 +373,8 @@ def test_the_custom_admin_pages_are_known():
 
     assert names == {
         "roles_role_canary",
+        "roles_role_compare",
+        "roles_role_canary_compare",
         "roles_goldencase_from_decision",
         "roles_goldencase_from_run",
         "roles_suiterun_start",
