@@ -85,24 +85,28 @@ class RoleVersion(models.Model):
     def steps(self) -> list[dict]:
         return self.definition.get("steps", [])
 
-    # The bundle: everything that decides behaviour lives in `definition` (README, "The
-    # bundle"). These read it; a run pinned to this version reads nothing else.
+    # The bundle: what decides behaviour. Until the role's own fields move into the version
+    # (issue 10), a definition without a key falls back to the role's field, which is what
+    # the runtime reads, so a golden case judges the behaviour runs have.
+
+    def _bundled(self, key: str, fallback):
+        return self.definition.get(key, fallback)
 
     @property
     def input_schema(self) -> dict:
-        return self.definition.get("input_schema") or {}
+        return self._bundled("input_schema", self.role.input_schema) or {}
 
     @property
     def allowed_tools(self) -> list[str]:
-        return list(self.definition.get("allowed_tools") or [])
+        return list(self._bundled("allowed_tools", self.role.allowed_tools) or [])
 
     @property
     def allowed_data_kinds(self) -> list[str]:
-        return list(self.definition.get("allowed_data_kinds") or [])
+        return list(self._bundled("allowed_data_kinds", self.role.allowed_data_kinds) or [])
 
     @property
     def target_turnaround_minutes(self) -> int:
-        return int(self.definition.get("target_turnaround_minutes") or 240)
+        return int(self._bundled("target_turnaround_minutes", self.role.target_turnaround_minutes))
 
     @property
     def approval_rules(self) -> list[dict]:
