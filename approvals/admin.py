@@ -740,7 +740,6 @@ class ApprovalPolicyForm(forms.ModelForm):
         model = ApprovalPolicy
         fields = (
             "tenant",
-            "role",
             "category",
             "mode",
             "required_approvals",
@@ -756,13 +755,6 @@ class ApprovalPolicyForm(forms.ModelForm):
             "email_links",
         )
 
-    def clean(self):
-        cleaned = super().clean()
-        tenant, role = cleaned.get("tenant"), cleaned.get("role")
-        if tenant is not None and role is not None and role.tenant_id != tenant.pk:
-            self.add_error("role", f"{role.name} is a role of {role.tenant}, not of {tenant}.")
-        return cleaned
-
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
@@ -772,25 +764,19 @@ class ApprovalPolicyAdmin(TenantScopedHistoryAdmin):
     list_display = (
         "category",
         "tenant",
-        "applies_to",
         "mode",
         "required_approvals",
         "due_minutes",
         "final_action",
     )
-    list_filter = ("tenant", "mode", "category", "role")
-    list_select_related = ("tenant", "role")
-    search_fields = ("category", "role__name", "role__slug")
-    ordering = ("tenant__name", "category", "role__name")
-
-    @admin.display(description="applies to", ordering="role__name")
-    def applies_to(self, obj):
-        return obj.role.name if obj.role_id else "All roles"
+    list_filter = ("tenant", "mode", "category")
+    list_select_related = ("tenant",)
+    search_fields = ("category",)
+    ordering = ("tenant__name", "category")
 
     def save_model(self, request, obj, form, change):
         original = ApprovalPolicy.objects.get(pk=obj.pk) if change else None
         values = {name: form.cleaned_data.get(name) for name in POLICY_FIELDS}
-        values["role"] = obj.role_id
         values["escalate_to_group"] = obj.escalate_to_group_id
         values["escalate_to_user"] = obj.escalate_to_user_id
         self.call_service(

@@ -6,10 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
-from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation
+from approvals.models import ApprovalPolicy, ApprovalRequest, Escalation, ReviewerGroup
 from approvals.selectors import quorum_holds
 from approvals.services import notify_reviewers_after_commit
 from audit.services import Actor, record
@@ -88,25 +87,52 @@ def _tighter(a: GateRule, b: GateRule) -> GateRule:
     )
 
 
-def effective_rule(*, tenant_id: int, role_id: int, category: str) -> GateRule | None:
-    """The rule for a category in a role: the tenant-wide policy is the floor and the role's
-    own may only tighten it. No tenant-wide policy (or an unknown category) means gated,
-    one approval, the default due time. None: the category runs on its own."""
-    policies = list(
-        ApprovalPolicy.objects.filter(
-            Q(role_id=role_id) | Q(role__isnull=True), tenant_id=tenant_id, category=category
-        )
+def _own_rule(tenant_id: int, rule: dict[str, Any]) -> GateRule:
+    """A role version's approval rule (roles.workflow) as a GateRule. Groups are named in
+    the bundle; a name the tenant no longer has counts as a group nobody is in, so the step
+    waits for a person and escalates (fail closed)."""
+    fallback = settings.DESK_DEFAULT_APPROVAL
+    names = rule.get("approver_groups", [])
+    ids = dict(
+        ReviewerGroup.objects.filter(tenant_id=tenant_id, name__in=names).values_list("name", "pk")
     )
-    floor = next((p for p in policies if p.role_id is None), None)
-    own = next((p for p in policies if p.role_id is not None), None)
+    return GateRule(
+        required_approvals=rule.get("required_approvals", 1),
+        due_minutes=rule.get("due_minutes", fallback["due_minutes"]),
+        details={
+            **_details(None, source="role version"),
+            "groups": sorted(ids.get(name, MISSING_GROUP) for name in names),
+            "remind_every_minutes": rule.get(
+                "remind_every_minutes", fallback["remind_every_minutes"]
+            ),
+            "max_reminders": rule.get("max_reminders", fallback["max_reminders"]),
+            "final_action": rule.get("final_action", ApprovalPolicy.FinalAction.HOLD),
+            "max_rounds": rule.get("max_rounds", fallback["max_rounds"]),
+            "allow_bulk": rule.get("allow_bulk", False),
+            "email_links": rule.get("email_links", False),
+        },
+    )
+
+
+# The id of a group a role's rule names but the tenant does not have: nobody is in it.
+MISSING_GROUP = -1
+
+
+def effective_rule(*, tenant_id: int, own_rules: list[dict], category: str) -> GateRule | None:
+    """The rule for a category under a role version: the tenant-wide policy is the floor and
+    the version's own rule (from its bundle) may only tighten it. No tenant-wide policy (or
+    an unknown category) means gated, one approval, the default due time. None: the
+    category runs on its own."""
+    floor = ApprovalPolicy.objects.filter(tenant_id=tenant_id, category=category).first()
     if category not in CATEGORY_RANK or floor is None:
         rule = _rule(None, source="no policy")
     elif floor.mode == ApprovalPolicy.Mode.AUTO:
         rule = None
     else:
         rule = _rule(floor, source="tenant")
-    if own is not None and own.mode == ApprovalPolicy.Mode.REVIEW:
-        own_rule = _rule(own, source="role")
+    own = next((r for r in own_rules if r.get("category") == category), None)
+    if own is not None:
+        own_rule = _own_rule(tenant_id, own)
         rule = own_rule if rule is None else _tighter(rule, own_rule)
     return rule
 
@@ -115,14 +141,14 @@ def step_rule(*, tenant_id: int, version, index: int) -> GateRule | None:
     """The review rule for step `index` of a role version, or None when it runs on its own
     (what the runtime asks at each step, and what a golden case counts as a gate hit)."""
     step = version.steps[index]
-    role_id = version.role_id
-    rule = effective_rule(tenant_id=tenant_id, role_id=role_id, category=step["category"])
+    own_rules = version.approval_rules
+    rule = effective_rule(tenant_id=tenant_id, own_rules=own_rules, category=step["category"])
     if step["kind"] == "tool":
         # A tool's own category counts whatever the step is labelled (old versions
         # validated before tools declared one included).
         least = tool_category(step.get("tool", ""))
         if least != step["category"]:
-            floor = effective_rule(tenant_id=tenant_id, role_id=role_id, category=least)
+            floor = effective_rule(tenant_id=tenant_id, own_rules=own_rules, category=least)
             if floor is not None:
                 rule = floor if rule is None else _tighter(rule, floor)
     if rule is None and step["kind"] == "review":

@@ -40,10 +40,10 @@ class GroupMember(models.Model):
 
 
 class ApprovalPolicy(models.Model):
-    """Whether steps of a category run on their own or wait for people, per tenant or role.
+    """Whether steps of a category run on their own or wait for people, tenant-wide.
 
-    The tenant-wide policy is a floor: a role's own policy may tighten it, never loosen it
-    (approvals.gate.effective_rule). A category without a tenant-wide policy is gated."""
+    It is a floor: a role version's own approval rules (in its bundle) may tighten it, never
+    loosen it (approvals.gate.effective_rule). A category without a policy is gated."""
 
     class Mode(models.TextChoices):
         AUTO = "auto", "Run automatically"
@@ -55,14 +55,6 @@ class ApprovalPolicy(models.Model):
 
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.CASCADE, related_name="approval_policies"
-    )
-    role = models.ForeignKey(
-        "roles.Role",
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="approval_policies",
-        help_text="Blank: applies to every role of the tenant without its own policy.",
     )
     category = models.CharField(max_length=40)
     mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.REVIEW)
@@ -106,12 +98,7 @@ class ApprovalPolicy(models.Model):
         verbose_name_plural = "approval policies"
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "role", "category"], name="policy_unique_tenant_role_category"
-            ),
-            models.UniqueConstraint(
-                fields=["tenant", "category"],
-                condition=models.Q(role__isnull=True),
-                name="policy_unique_tenant_default_category",
+                fields=["tenant", "category"], name="policy_unique_tenant_category"
             ),
             models.CheckConstraint(
                 condition=models.Q(required_approvals__gte=1),
@@ -127,8 +114,7 @@ class ApprovalPolicy(models.Model):
         ]
 
     def __str__(self):
-        scope = self.role.slug if self.role_id else "all roles"
-        return f"{self.category} · {scope} · {self.get_mode_display()}"
+        return f"{self.category} · {self.get_mode_display()}"
 
 
 class ApprovalRequest(models.Model):

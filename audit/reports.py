@@ -46,6 +46,10 @@ CHANGE_ACTIONS = (
     "role.updated",
     "role.canary_set",
     "role_version.created",
+    "role_version.edited",
+    "role_version.publication_requested",
+    "role_version.publication_rejected",
+    "role_version.publication_withdrawn",
     "role_version.published",
     "role_version.activated",
     "policy.change_proposed",
@@ -595,7 +599,9 @@ def _changes(tenant_id: int, events: list[AuditEvent]) -> list[Change]:
     ]
     proposals = _proposed_policy_changes(tenant_id, settled)
     people = _usernames(
-        e.data.get("proposed_by") for e in events if e.action == "policy.change_applied"
+        e.data.get("proposed_by") or e.data.get("requested_by")
+        for e in events
+        if e.action in ("policy.change_applied", "role_version.published")
     )
     rows = []
     for event in events:
@@ -616,8 +622,21 @@ def _changes(tenant_id: int, events: list[AuditEvent]) -> list[Change]:
             what = f"role version {data.get('role', '?')} v{data.get('number', '?')} drafted"
             if data.get("change_note"):
                 details = [f"note: {data['change_note']}"]
+        elif event.action == "role_version.edited":
+            what = f"role version {data.get('role', '?')} v{data.get('number', '?')} edited"
+        elif event.action.startswith("role_version.publication_"):
+            verb = event.action.removeprefix("role_version.publication_")
+            what = f"role version {data.get('role', '?')} v{data.get('number', '?')}: "
+            what += "publication " + ("asked for" if verb == "requested" else verb)
+            if data.get("override"):
+                details = [f"override of the regression gate: {event.reason}"]
         elif event.action == "role_version.published":
             what = f"role version {data.get('role', '?')} v{data.get('number', '?')} published"
+            proposer = people.get(data.get("requested_by") or 0)
+            if proposer:
+                details = [f"asked for by {proposer}"]
+            if data.get("override"):
+                details.append(f"override: {data.get('override_reason', '')}")
         elif event.action == "role_version.activated":
             what = f"role version {data.get('role', '?')} v{data.get('number', '?')} activated"
             if data.get("previous_number"):

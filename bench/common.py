@@ -803,25 +803,44 @@ def set_capacity(tenant, capacity: int) -> None:
 
 
 def make_role(tenant, slug: str, steps: list[dict[str, Any]], *, model: str = "offline-1"):
-    """A published role through roles.services (no input schema: any object)."""
-    from roles.services import create_role, create_role_version, publish_role_version
+    """A role published the way every version is (one operator asks, another approves;
+    the bench has no golden cases, so the request is a written override)."""
+    from django.contrib.auth import get_user_model
+
+    from audit.services import Actor
+    from roles.services import (
+        activate_role_version,
+        approve_publication,
+        create_role,
+        create_role_version,
+        request_publication,
+    )
+    from tenants.services import grant_membership
 
     tools = sorted({s["tool"] for s in steps if s["kind"] == "tool"})
-    role = create_role(
-        tenant=tenant,
-        slug=slug,
-        name=f"Bench {slug}",
-        actor=bench_actor(),
-        allowed_tools=tools,
-        allowed_data_kinds=["bench"],  # an empty list would allow no reads at all
-        target_turnaround_minutes=24 * 60,
-    )
+    role = create_role(tenant=tenant, slug=slug, name=f"Bench {slug}", actor=bench_actor())
     version = create_role_version(
         role=role,
-        definition={"model": {"name": model, "max_tokens": 50}, "steps": steps},
+        definition={
+            "model": {"name": model, "max_tokens": 50},
+            "allowed_tools": tools,
+            "allowed_data_kinds": ["bench"],  # an empty list would allow no reads at all
+            "target_turnaround_minutes": 24 * 60,
+            "steps": steps,
+        },
         actor=bench_actor(),
     )
-    publish_role_version(version=version, actor=bench_actor())
+    operators = []
+    for name in ("bench.ops", "bench.ops2"):
+        user, _ = get_user_model().objects.get_or_create(username=name, is_staff=True)
+        if not user.memberships.filter(tenant=tenant, kind="operator").exists():
+            grant_membership(user=user, tenant=tenant, kind="operator", actor=bench_actor())
+        operators.append(Actor.for_user(user))
+    publication = request_publication(
+        version=version, actor=operators[0], override_reason="Benchmark role: no golden cases."
+    )
+    approve_publication(publication=publication, actor=operators[1])
+    activate_role_version(version=version, actor=operators[1])
     role.refresh_from_db()
     return role
 

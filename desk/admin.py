@@ -275,7 +275,7 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
     def _initial(self, role: Role | None) -> dict:
         if role is None:
             return {"input": {}}
-        properties = (role.input_schema or {}).get("properties", {})
+        properties = role.active_input_schema.get("properties", {})
         return {"tenant": role.tenant, "role": role, "input": dict.fromkeys(properties, "")}
 
     def _render_start_form(self, request, form, role):
@@ -286,7 +286,7 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
             title="Start a run",
             fields=["tenant", "role", "input"],
             chosen_role=role,
-            input_schema_json=dump_json(role.input_schema) if role else "",
+            input_schema_json=dump_json(role.active_input_schema) if role else "",
         )
 
     # --- cancel -------------------------------------------------------------------------

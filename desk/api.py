@@ -226,7 +226,11 @@ def run_detail(request: HttpRequest, api_key, run_id: int):
 
 @api_endpoint(methods=("GET",))
 def roles_list(request: HttpRequest, api_key):
-    roles = scope_to_tenant(Role.objects.all(), api_key.tenant).filter(active_version__isnull=False)
+    roles = (
+        scope_to_tenant(Role.objects.all(), api_key.tenant)
+        .filter(active_version__isnull=False)
+        .select_related("active_version")
+    )
     if api_key.role_slugs:
         roles = roles.filter(slug__in=api_key.role_slugs)
     return JsonResponse(
@@ -236,8 +240,8 @@ def roles_list(request: HttpRequest, api_key):
                     "slug": role.slug,
                     "name": role.name,
                     "purpose": role.purpose,
-                    "input_schema": role.input_schema,
-                    "target_turnaround_minutes": role.target_turnaround_minutes,
+                    "input_schema": role.active_input_schema,
+                    "target_turnaround_minutes": role.active_version.target_turnaround_minutes,
                 }
                 for role in roles.order_by("slug")
             ]

@@ -29,7 +29,7 @@ from desk.gates import GateRule, get_gate
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ModelRequest
 from desk.tools import ToolContext, ToolRefused, get_tool
-from roles.workflow import RenderError, render_text, render_value
+from roles.workflow import RenderError, render_text, render_value, tool_call_refusal
 from tenants import locking, rls
 from tenants.locking import Level, lock
 
@@ -420,12 +420,14 @@ def execute_tool(lease: Lease) -> Outcome:
         run_id=run.pk,
         step_id=step.pk,
         idempotency_key=step.idempotency_key,
-        allowed_data_kinds=list(run.role.allowed_data_kinds or []),
+        allowed_data_kinds=run.role_version.allowed_data_kinds,
     )
-    allowed_tools = run.role.allowed_tools or []
     try:
-        if name not in allowed_tools:  # an empty allow-list allows nothing
-            raise ToolRefused(f"This role may not use the tool '{name}'.", data={"tool": name})
+        # The pinned version decides: its allow-list (empty allows nothing), its pin of the
+        # tool (code that drifted since is refused) and the argument schema it pinned.
+        refusal = tool_call_refusal(run.role_version.definition, name, step.rendered["args"])
+        if refusal:
+            raise ToolRefused(refusal, data={"tool": name})
         # Beneath the tool's own filters, row-level security keeps every other tenant's rows
         # out of reach (a savepoint when the step runs inline).
         with rls.tenant_context(run.tenant_id):

@@ -19,6 +19,7 @@ from django.db.models import (
     Subquery,
     Value,
 )
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce
 
 from audit.models import AuditEvent
@@ -115,10 +116,12 @@ SERVICE_LEVELS = ("at_risk", "breached")
 
 
 def _turnaround_after_start(per_minute: timedelta) -> ExpressionWrapper:
-    """created_at + the role's target turnaround (in minutes) * per_minute."""
+    """created_at + the pinned version's target turnaround (in minutes) * per_minute."""
     # Cast: SQLite multiplies a duration by plain integer columns only; the wrappers give
     # each step its type, which Django cannot infer for integer * duration.
-    minutes = Cast("role__target_turnaround_minutes", IntegerField())
+    minutes = Cast(
+        KeyTextTransform("target_turnaround_minutes", "role_version__definition"), IntegerField()
+    )
     turnaround = ExpressionWrapper(minutes * Value(per_minute), output_field=DurationField())
     return ExpressionWrapper(F("created_at") + turnaround, output_field=DateTimeField())
 

@@ -1,5 +1,5 @@
-"""Roles and their versions in the admin: write drafts, publish, activate, roll back, and
-send a share of new runs to a canary version."""
+"""Roles and their versions in the admin: write drafts, ask for and decide publication,
+activate, roll back, and send a share of new runs to a canary version."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.validators import slug_re
 from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -17,16 +16,11 @@ from django.utils.html import format_html, format_html_join
 
 from audit.services import Actor
 from roles.comparison_views import comparison_urls
-from roles.models import Role, RoleVersion
-from roles.services import (
-    activate_role_version,
-    create_role,
-    create_role_version,
-    publish_role_version,
-    set_canary,
-    update_role,
-)
-from roles.workflow import CATEGORIES, STEP_KINDS, validate_json_schema
+from roles.diff import diff_bundles, render_diff_html
+from roles.models import Publication, Role, RoleVersion
+from roles.services import create_role, create_role_version, set_canary, update_role
+from roles.version_views import publication_view, version_urls
+from roles.workflow import BUNDLE_DEFAULTS, CATEGORIES, STEP_KINDS
 from tenants.admin_scoping import (
     PrettyJSONField,
     TenantScopedAdmin,
@@ -35,20 +29,9 @@ from tenants.admin_scoping import (
     pretty_json,
     render_form_page,
     scoped_choices,
-    single_selected,
     username_of,
 )
 from tenants.permissions import can_operate_tenant
-
-# What a role's page changes (through update_role); tenant and slug are fixed once created.
-ROLE_FIELDS = (
-    "purpose",
-    "outputs",
-    "target_turnaround_minutes",
-    "escalation_conditions",
-    "allowed_tools",
-    "allowed_data_kinds",
-)
 
 
 def version_link(version: RoleVersion | None):
@@ -60,48 +43,10 @@ def version_link(version: RoleVersion | None):
     )
 
 
-class SlugListField(forms.CharField):
-    """A list of slugs typed as "contact, matter"."""
-
-    def prepare_value(self, value):
-        return ", ".join(value) if isinstance(value, list) else value
-
-    def to_python(self, value):
-        items = [item.strip() for item in (value or "").replace("\n", ",").split(",")]
-        return [item for item in items if item]
-
-    def validate(self, value):
-        super().validate(value)
-        bad = [item for item in value if not slug_re.match(item)]
-        if bad:
-            raise ValidationError(f"Not a data kind (letters, digits, - and _): {', '.join(bad)}.")
-
-
 class RoleForm(forms.ModelForm):
-    allowed_tools = forms.MultipleChoiceField(
-        choices=[(name, name) for name in sorted(settings.DESK_TOOLS)],
-        widget=forms.CheckboxSelectMultiple,
-        required=False,
-        help_text="Tools this role's workflow may call. None ticked: any registered tool.",
-    )
-    allowed_data_kinds = SlugListField(
-        required=False,
-        help_text="Kinds of client records it may read, separated by commas (e.g. contact, "
-        "matter). Empty: every kind.",
-    )
-    input_schema = PrettyJSONField(
-        required=False,
-        help_text="JSON Schema every run's input must satisfy.",
-    )
-
     class Meta:
         model = Role
-        fields = ("tenant", "slug", "name", "input_schema", *ROLE_FIELDS)
-
-    def clean_input_schema(self):
-        schema = self.cleaned_data.get("input_schema") or {}
-        validate_json_schema(schema, label="The input schema")
-        return schema
+        fields = ("tenant", "slug", "name", "purpose")
 
 
 class RoleVersionInline(TenantScopedAdmin, admin.TabularInline):
@@ -135,7 +80,6 @@ class RoleAdmin(TenantScopedHistoryAdmin):
         "tenant",
         "active",
         "canary",
-        "target_turnaround_minutes",
         "created_at",
     )
     list_filter = ("tenant",)
@@ -156,13 +100,9 @@ class RoleAdmin(TenantScopedHistoryAdmin):
 
     def get_fieldsets(self, request, obj=None):
         first = ("tenant", "slug", "name") if obj is None else ("tenant", "slug", "name", "active")
-        fieldsets = [
-            (None, {"fields": first}),
-            ("Job description", {"fields": ("purpose", "outputs", "escalation_conditions")}),
-            ("Service level", {"fields": ("target_turnaround_minutes",)}),
-            ("What it may use", {"fields": ("allowed_tools", "allowed_data_kinds")}),
-            ("Input", {"fields": ("input_schema",)}),
-        ]
+        # Everything that decides behaviour (prompts, tools, schemas, service level,
+        # approval rules) is in the versions: a change is a new draft, published by two.
+        fieldsets = [(None, {"fields": (*first, "purpose")})]
         if obj is not None:
             fieldsets.append(("Canary", {"fields": ("canary", "created_at")}))
         return fieldsets
@@ -177,22 +117,13 @@ class RoleAdmin(TenantScopedHistoryAdmin):
     def save_model(self, request, obj, form, change):
         actor = Actor.for_user(request.user)
         if change:
-            changes = {
-                name: form.cleaned_data[name]
-                for name in ("name", "input_schema", *ROLE_FIELDS)
-                if name in form.fields
-            }
+            changes = {name: form.cleaned_data[name] for name in ("name", "purpose")}
             self.call_service(form, lambda: update_role(role=obj, actor=actor, changes=changes))
             return
         role = self.call_service(
             form,
             lambda: create_role(
-                tenant=obj.tenant,
-                slug=obj.slug,
-                name=obj.name,
-                input_schema=obj.input_schema,
-                actor=actor,
-                **{name: form.cleaned_data[name] for name in ROLE_FIELDS},
+                tenant=obj.tenant, slug=obj.slug, name=obj.name, purpose=obj.purpose, actor=actor
             ),
         )
         obj.pk, obj.created_at = role.pk, role.created_at
@@ -218,8 +149,17 @@ class RoleAdmin(TenantScopedHistoryAdmin):
             raise Http404("No role with this id.")
         if not self.has_change_permission(request, role):
             raise PermissionDenied
-        form = CanaryForm(request.POST if request.method == "POST" else None, role=role)
-        if form.is_bound and form.is_valid():
+        if not can_operate_tenant(request.user, role.tenant):
+            raise PermissionDenied
+        form = CanaryForm(
+            request.POST if request.method == "POST" else None,
+            role=role,
+            version_pk=request.GET.get("version"),
+        )
+        confirming = False
+        if form.is_bound and form.is_valid() and "_confirm" not in request.POST:
+            confirming = True  # show what changes before anything reaches live runs
+        elif form.is_bound and form.is_valid():
             version, percent = form.cleaned_data["version"], form.cleaned_data["percent"]
             try:
                 role = set_canary(
@@ -236,7 +176,16 @@ class RoleAdmin(TenantScopedHistoryAdmin):
             "opts": self.opts,
             "original": role,
             "form": form,
+            "confirming": confirming,
         }
+        if confirming:
+            chosen = form.cleaned_data["version"]
+            context["chosen"] = chosen if form.cleaned_data["percent"] else None
+            context["percent"] = form.cleaned_data["percent"]
+            if context["chosen"] is not None and role.active_version is not None:
+                context["diff"] = render_diff_html(
+                    diff_bundles(role.active_version.definition, chosen.definition)
+                )
         return TemplateResponse(request, "admin/roles/role/canary.html", context)
 
 
@@ -262,9 +211,11 @@ class CanaryForm(forms.Form):
         help_text="The share of new runs that use it, from 1 to 100 (0 stops the canary).",
     )
 
-    def __init__(self, *args, role: Role, **kwargs):
+    def __init__(self, *args, role: Role, version_pk=None, **kwargs):
+        chosen = role.versions.filter(pk=version_pk).first() if str(version_pk).isdigit() else None
         kwargs.setdefault(
-            "initial", {"version": role.canary_version, "percent": role.canary_percent or 10}
+            "initial",
+            {"version": chosen or role.canary_version, "percent": role.canary_percent or 10},
         )
         super().__init__(*args, **kwargs)
         self.fields["version"].queryset = (
@@ -281,7 +232,8 @@ class NewVersionForm(forms.Form):
     role = forms.ModelChoiceField(queryset=Role.objects.none())
     definition = PrettyJSONField(
         widget=forms.Textarea(attrs={"rows": 30, "class": "vLargeTextField desk-json"}),
-        help_text="The workflow: model settings, system prompt and steps.",
+        help_text="The whole bundle: model, prompts, steps, tools, schemas, service level, "
+        "approval rules (see README).",
     )
     change_note = forms.CharField(
         required=False,
@@ -298,9 +250,9 @@ class NewVersionForm(forms.Form):
 
 @admin.register(RoleVersion)
 class RoleVersionAdmin(TenantScopedHistoryAdmin):
-    change_access = delete_access = None  # immutable: a change is a new version
+    # Drafts change on their edit page; published versions never do.
+    change_access = delete_access = None
     add_form_template = "admin/roles/roleversion/add_form.html"
-    actions = ("publish_and_activate", "activate_version")
     list_display = (
         "__str__",
         "role",
@@ -330,7 +282,8 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
                 )
             },
         ),
-        ("Workflow", {"fields": ("steps_table", "definition_pretty")}),
+        ("Changes against the active version", {"fields": ("diff",)}),
+        ("Bundle", {"fields": ("steps_table", "definition_pretty")}),
         ("History", {"fields": ("author", "created_at", "publisher", "published_at")}),
     )
     readonly_fields = (
@@ -340,6 +293,7 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
         "in_use",
         "tenant",
         "change_note",
+        "diff",
         "steps_table",
         "definition_pretty",
         "author",
@@ -388,9 +342,19 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
             rows,
         )
 
-    @admin.display(description="definition")
+    @admin.display(description="bundle")
     def definition_pretty(self, obj):
         return pretty_json(obj.definition)
+
+    @admin.display(description="diff")
+    def diff(self, obj):
+        active = obj.role.active_version
+        if active is None or active.pk == obj.pk:
+            return "This is the active version." if active else "No version is active yet."
+        return render_diff_html(diff_bundles(active.definition, obj.definition))
+
+    def get_urls(self):
+        return [*version_urls(self), *super().get_urls()]
 
     # --- a new draft --------------------------------------------------------------------
 
@@ -416,8 +380,8 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
                 else:
                     self.message_user(
                         request,
-                        f"Saved draft {version}. Publish it from the versions list when it "
-                        "is ready.",
+                        f"Saved draft {version}. Run its golden cases, then ask for its "
+                        "publication.",
                         messages.SUCCESS,
                     )
                     return redirect("admin:roles_roleversion_change", version.pk)
@@ -428,13 +392,11 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
     def _initial(self, request, roles) -> dict:
         """Start from the role's latest version when the page is opened from a role."""
         role = roles.filter(pk=request.GET.get("role") or None).first()
+        empty = {**BUNDLE_DEFAULTS, "steps": []}
         if role is None:
-            return {"definition": {"model": {}, "steps": []}}
+            return {"definition": empty}
         latest = role.versions.order_by("-number").first()
-        return {
-            "role": role,
-            "definition": latest.definition if latest else {"model": {}, "steps": []},
-        }
+        return {"role": role, "definition": latest.definition if latest else empty}
 
     def _render_add_form(self, request, form):
         return render_form_page(
@@ -448,54 +410,35 @@ class RoleVersionAdmin(TenantScopedHistoryAdmin):
             categories=CATEGORIES,
         )
 
-    # --- actions ------------------------------------------------------------------------
-
-    @admin.action(description="Publish and activate the selected version", permissions=["operate"])
-    def publish_and_activate(self, request, queryset):
-        version = single_selected(self, request, queryset, verb="publish")
-        if version is None:
-            return
-        if not can_operate_tenant(request.user, version.tenant):
-            raise PermissionDenied
-        try:
-            publish_role_version(version=version, actor=Actor.for_user(request.user))
-        except ValidationError as exc:
-            self.message_user(
-                request, f"{version} was not published: {' '.join(exc.messages)}", messages.ERROR
-            )
-        else:
-            self.message_user(
-                request,
-                f"Published {version}; new runs of {version.role.name} use it.",
-                messages.SUCCESS,
-            )
-
-    @admin.action(description="Activate (roll back to this version)", permissions=["operate"])
-    def activate_version(self, request, queryset):
-        version = single_selected(self, request, queryset, verb="activate")
-        if version is None:
-            return
-        if not can_operate_tenant(request.user, version.tenant):
-            raise PermissionDenied
-        try:
-            activate_role_version(version=version, actor=Actor.for_user(request.user))
-        except ValidationError as exc:
-            self.message_user(
-                request, f"{version} was not activated: {' '.join(exc.messages)}", messages.ERROR
-            )
-        else:
-            self.message_user(
-                request,
-                f"{version} is now active; new runs of {version.role.name} use it.",
-                messages.SUCCESS,
-            )
-
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["may_operate"] = can_operate_tenant(request.user, obj.tenant)
-            # Four eyes: whoever wrote a draft leaves its publication to another operator.
-            context["is_author"] = obj.created_by_id == request.user.pk
+            context["pending"] = obj.publications.filter(status="pending").first()
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+@admin.register(Publication)
+class PublicationAdmin(TenantScopedAdmin, admin.ModelAdmin):
+    """Publication requests; each one's page is where the second operator decides it."""
+
+    add_access = change_access = delete_access = None
+    list_display = ("__str__", "tenant", "status", "override", "requested_by", "requested_at")
+    list_filter = ("status", "tenant")
+    list_select_related = ("tenant", "version__role", "requested_by")
+    ordering = ("-requested_at",)
+    show_full_result_count = False
+
+    @admin.display(description="override", boolean=True)
+    def override(self, obj):
+        return obj.is_override
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        publication = self.get_object(request, unquote(object_id))
+        if publication is None:
+            raise Http404("No publication with this id.")
+        if not self.has_view_permission(request, publication):
+            raise PermissionDenied
+        return publication_view(self, request, publication)
 
 
 # Golden cases and suite runs: their own module, registered with the site on import.

@@ -48,7 +48,7 @@ from desk.providers import ModelRequest, Provider, ProviderError, get_provider
 from desk.tools import ToolContext, ToolRefused, get_tool
 from desk.tools.base import DataRead
 from roles.models import RoleVersion
-from roles.workflow import RenderError, schema_errors, validate_json_schema
+from roles.workflow import RenderError, schema_errors, tool_call_refusal, validate_json_schema
 from tenants import rls
 
 EXPECTATION_KEYS = {
@@ -78,8 +78,8 @@ def canonical_digest(value: Any) -> str:
 
 
 def bundle_digest(version: RoleVersion) -> str:
-    """What a suite run is for: the digest of the version's definition as it is now."""
-    return canonical_digest(version.definition)
+    """What a suite run is for: the digest of the version's bundle as it is now."""
+    return version.digest
 
 
 def case_digest(*, input: Any, expectations: Any) -> str:
@@ -285,8 +285,9 @@ def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> Non
 
 def _call_tool(version, step_def, name: str, args: Any, result: Evaluation) -> tuple[Any, bool]:
     key = step_def["key"]
-    if name not in version.allowed_tools:  # an empty allow-list allows nothing
-        raise _Stop(f"Step '{key}': this version may not use the tool '{name}'.")
+    refusal = tool_call_refusal(version.definition, name, args)
+    if refusal:
+        raise _Stop(f"Step '{key}': {refusal}")
     try:
         tool = get_tool(name)
     except ToolRefused as exc:

@@ -1,27 +1,21 @@
+import hashlib
+import json
+
 from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from roles.workflow import BUNDLE_DEFAULTS
+
 
 class Role(models.Model):
-    """An AI employee's job description within one tenant."""
+    """An AI employee's job within one tenant: its name, and which of its versions new runs
+    use. Everything that decides behaviour is in the versions (RoleVersion.definition)."""
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="roles")
     slug = models.SlugField(max_length=60)
     name = models.CharField(max_length=200)
     purpose = models.TextField(blank=True)
-    input_schema = models.JSONField(
-        default=dict, blank=True, help_text="JSON Schema that every run's input must satisfy."
-    )
-    outputs = models.TextField(blank=True, help_text="What the AI employee delivers.")
-    target_turnaround_minutes = models.PositiveIntegerField(
-        default=240, help_text="Service level: a run should finish within this time."
-    )
-    escalation_conditions = models.TextField(
-        blank=True, help_text="When a person must take over, in plain words."
-    )
-    allowed_tools = models.JSONField(default=list, blank=True)
-    allowed_data_kinds = models.JSONField(default=list, blank=True)
     active_version = models.ForeignKey(
         "roles.RoleVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
@@ -44,9 +38,15 @@ class Role(models.Model):
     def __str__(self):
         return f"{self.name} ({self.tenant.slug})"
 
+    @property
+    def active_input_schema(self) -> dict:
+        """The input schema of the active version (what API clients are told to send)."""
+        return self.active_version.input_schema if self.active_version_id else {}
+
 
 class RoleVersion(models.Model):
-    """A numbered snapshot of a role's workflow; immutable once published."""
+    """A numbered snapshot of a role's whole bundle (roles.workflow); a draft is edited
+    freely, a published version never changes."""
 
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -56,7 +56,9 @@ class RoleVersion(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
-    definition = models.JSONField(help_text="Workflow: model settings and steps (see README).")
+    definition = models.JSONField(
+        help_text="The bundle: workflow, prompts, model, tools, schemas, SLA, approval rules."
+    )
     change_note = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -85,32 +87,89 @@ class RoleVersion(models.Model):
     def steps(self) -> list[dict]:
         return self.definition.get("steps", [])
 
-    # The bundle: what decides behaviour. Until the role's own fields move into the version
-    # (issue 10), a definition without a key falls back to the role's field, which is what
-    # the runtime reads, so a golden case judges the behaviour runs have.
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the bundle as it is now: what a review or a suite run is for."""
+        return bundle_digest(self.definition)
 
-    def _bundled(self, key: str, fallback):
-        return self.definition.get(key, fallback)
+    def _bundled(self, key: str):
+        return self.definition.get(key, BUNDLE_DEFAULTS[key])
 
     @property
     def input_schema(self) -> dict:
-        return self._bundled("input_schema", self.role.input_schema) or {}
+        return self._bundled("input_schema") or {}
 
     @property
     def allowed_tools(self) -> list[str]:
-        return list(self._bundled("allowed_tools", self.role.allowed_tools) or [])
+        return list(self._bundled("allowed_tools") or [])
 
     @property
     def allowed_data_kinds(self) -> list[str]:
-        return list(self._bundled("allowed_data_kinds", self.role.allowed_data_kinds) or [])
+        return list(self._bundled("allowed_data_kinds") or [])
 
     @property
     def target_turnaround_minutes(self) -> int:
-        return int(self._bundled("target_turnaround_minutes", self.role.target_turnaround_minutes))
+        return int(self._bundled("target_turnaround_minutes"))
 
     @property
     def approval_rules(self) -> list[dict]:
-        return list(self.definition.get("approval_rules") or [])
+        return list(self._bundled("approval_rules") or [])
+
+
+def bundle_digest(definition: dict) -> str:
+    """SHA-256 of a bundle's canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Publication(models.Model):
+    """A request to publish a draft: the bundle (by digest) and the regression gate's report
+    as they were when asked; decided by a second operator of the tenant who did not write
+    the draft. An approved publication makes the version published (ready); putting it in
+    front of runs (activate, canary) is a separate, confirmed step."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a second operator"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+        LAPSED = "lapsed", "Lapsed (the draft changed)"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(RoleVersion, on_delete=models.CASCADE, related_name="publications")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the bundle under review.")
+    gate = models.JSONField(default=dict, help_text="The regression gate's report when asked.")
+    override_reason = models.TextField(
+        blank=True, help_text="Why it may be published although the regression gate refused."
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "status", "requested_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version"],
+                condition=models.Q(status="pending"),
+                name="publication_one_pending_per_version",
+            ),
+        ]
+
+    def __str__(self):
+        return f"Publication #{self.pk} · {self.version} · {self.get_status_display()}"
+
+    @property
+    def is_override(self) -> bool:
+        return bool(self.override_reason)
 
 
 # --- golden cases: the role's regression suite ----------------------------------------------

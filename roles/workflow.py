@@ -1,9 +1,17 @@
-"""Workflow definitions: validation on save, and sandboxed rendering at run time.
+"""Role bundles: validation on save, and sandboxed rendering at run time.
 
-A definition is JSON::
+A role version's definition is its whole bundle, everything that decides what the AI
+employee does (a run pinned to the version behaves the same whatever is edited later)::
 
     {"model": {"name": "...", "temperature": 0, "max_tokens": 800, ...},
      "system": "You are ...",
+     "input_schema": {...JSON Schema of a run's input...},
+     "outputs": "What it delivers", "escalation_conditions": "When a person takes over",
+     "target_turnaround_minutes": 240,
+     "allowed_tools": ["records.search"], "allowed_data_kinds": ["contact"],
+     "tools": {"records.search": {"category": "data_access", "args_schema": {...}}},
+     "approval_rules": [{"category": "client_comms", "required_approvals": 2,
+                         "approver_groups": ["Partners"], ...}],
      "steps": [
         {"key": "classify", "kind": "llm", "category": "internal",
          "prompt": "Classify: {{ input.body }}", "output_schema": {...}},
@@ -11,6 +19,10 @@ A definition is JSON::
          "args": {"email": "{{ input.from_email }}"}, "reason": "Find the sender's records"},
         {"key": "check", "kind": "review", "category": "internal", "instructions": "..."},
      ]}
+
+`tools` pins each allowed tool's category and argument schema as they were when the
+draft was saved (`pin_tools`); the runtime refuses a tool whose code has drifted from the
+pin. `approval_rules` only ever tighten the tenant-wide policy (approvals.gate).
 
 Templates are Jinja in a sandbox: authored text is data, never code. A tool argument
 that is exactly one `{{ expression }}` keeps the expression's native type (a list of ids
@@ -51,6 +63,36 @@ CATEGORY_RANK = {
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 SINGLE_EXPRESSION = re.compile(r"^\{\{(.*)\}\}$", re.DOTALL)
 MODEL_SETTINGS = {"name", "temperature", "max_tokens", "timeout_seconds", "max_attempts"}
+# What a bundle may hold, and what a key left out of a draft means (an empty allow-list
+# allows nothing: fail closed).
+BUNDLE_DEFAULTS: dict[str, Any] = {
+    "model": {},
+    "system": "",
+    "input_schema": {},
+    "outputs": "",
+    "escalation_conditions": "",
+    "target_turnaround_minutes": 240,
+    "allowed_tools": [],
+    "allowed_data_kinds": [],
+    "tools": {},
+    "approval_rules": [],
+}
+BUNDLE_KEYS = frozenset({*BUNDLE_DEFAULTS, "steps"})
+# An approval rule's settings, and the type each must have.
+RULE_SETTINGS: dict[str, type | tuple[type, ...]] = {
+    "category": str,
+    "required_approvals": int,
+    "due_minutes": int,
+    "approver_groups": list,
+    "remind_every_minutes": int,
+    "max_reminders": int,
+    "final_action": str,
+    "max_rounds": int,
+    "allow_bulk": bool,
+    "email_links": bool,
+}
+FINAL_ACTIONS = ("hold", "reject")
+DATA_KIND_PATTERN = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _validator_class = jsonschema.Draft202012Validator
@@ -149,11 +191,137 @@ def _check_args(args: Any, *, where: str, errors: list[str]) -> None:
             _check_args(item, where=f"{where}.{name}", errors=errors)
 
 
-def validate_definition(definition: Any, *, allowed_tools: list[str] | None = None) -> None:
-    """Check a workflow definition; raise ValidationError listing every problem found."""
+def tool_pin(tool: str) -> dict[str, Any]:
+    """What a bundle pins of a registered tool: its category and argument schema."""
+    impl = import_string(tool_registry()[tool])
+    return {
+        "category": getattr(impl, "category", "internal"),
+        "args_schema": getattr(impl, "args_schema", {"type": "object"}),
+    }
+
+
+def pin_tools(definition: dict[str, Any]) -> dict[str, Any]:
+    """The bundle with every default filled in and its allowed tools pinned as registered now."""
+    bundle = {**BUNDLE_DEFAULTS, **definition}
+    tools = tool_registry()
+    bundle["tools"] = {
+        name: tool_pin(name) for name in sorted(set(bundle["allowed_tools"] or [])) if name in tools
+    }
+    return bundle
+
+
+def tool_drift(definition: dict[str, Any], tool: str) -> str:
+    """Why the registered `tool` no longer matches what the bundle pinned ("" when it does)."""
+    pinned = (definition.get("tools") or {}).get(tool)
+    if pinned is None:
+        return f"the version did not pin the tool '{tool}'"
+    if tool not in tool_registry():
+        return f"the tool '{tool}' is no longer registered"
+    current = tool_pin(tool)
+    changed = [part for part in ("category", "args_schema") if pinned.get(part) != current[part]]
+    if changed:
+        return f"the tool '{tool}' changed its {' and '.join(changed)} since the version was saved"
+    return ""
+
+
+def tool_call_refusal(definition: dict[str, Any], tool: str, args: Any) -> str:
+    """Why a version may not make this call ("" when it may): the tool is not in the
+    bundle's allow-list (an empty list allows nothing), its code drifted from the pin, or
+    the arguments do not fit the pinned schema."""
+    if tool not in (definition.get("allowed_tools") or []):
+        return f"This role version may not use the tool '{tool}'."
+    drift = tool_drift(definition, tool)
+    if drift:
+        return f"Refused: {drift}; publish a new version to use it."
+    problems = schema_errors(definition["tools"][tool]["args_schema"], args)
+    if problems:
+        where = ", ".join(f"{p['field']}: {p['message']}" for p in problems[:3])
+        return f"The arguments do not fit the '{tool}' schema the version pinned ({where})."
+    return ""
+
+
+def _check_bundle(definition: dict[str, Any], errors: list[str]) -> list[str]:
+    """Check the bundle's keys besides the steps; return its allowed tools."""
+    unknown = set(definition) - BUNDLE_KEYS
+    if unknown:
+        errors.append(f"The bundle has unknown keys: {', '.join(sorted(unknown))}.")
+    if "input_schema" in definition:
+        try:
+            validate_json_schema(definition["input_schema"], label="The input schema")
+        except ValidationError as exc:
+            errors.extend(exc.messages)
+    for key in ("outputs", "escalation_conditions"):
+        if not isinstance(definition.get(key, ""), str):
+            errors.append(f"'{key}' must be text.")
+    minutes = definition.get("target_turnaround_minutes", 240)
+    if type(minutes) is not int or not 1 <= minutes <= 525_600:
+        errors.append("'target_turnaround_minutes' must be a whole number of minutes, 1 or more.")
+    tools = tool_registry()
+    allowed = definition.get("allowed_tools", [])
+    if not isinstance(allowed, list) or not all(isinstance(t, str) for t in allowed):
+        errors.append("'allowed_tools' must be a list of tool names.")
+        allowed = []
+    for name in allowed:
+        if name not in tools:
+            errors.append(f"'allowed_tools' names an unknown tool '{name}'.")
+    kinds = definition.get("allowed_data_kinds", [])
+    if not isinstance(kinds, list) or not all(
+        isinstance(k, str) and DATA_KIND_PATTERN.match(k) for k in kinds
+    ):
+        errors.append("'allowed_data_kinds' must be a list of data kinds (letters, digits, - _).")
+    pinned = definition.get("tools", {})
+    if not isinstance(pinned, dict) or not all(
+        isinstance(p, dict) and set(p) == {"category", "args_schema"} for p in pinned.values()
+    ):
+        errors.append("'tools' must map tool names to their pinned category and args_schema.")
+    elif set(pinned) - set(allowed):
+        errors.append("'tools' pins a tool that is not in 'allowed_tools'.")
+    _check_rules(definition.get("approval_rules", []), errors)
+    return allowed
+
+
+def _check_rules(rules: Any, errors: list[str]) -> None:
+    if not isinstance(rules, list):
+        errors.append("'approval_rules' must be a list of rules.")
+        return
+    seen: set[str] = set()
+    for index, rule in enumerate(rules, start=1):
+        where = f"Approval rule {index}"
+        if not isinstance(rule, dict):
+            errors.append(f"{where} must be an object.")
+            continue
+        category = rule.get("category")
+        if category not in CATEGORIES:
+            errors.append(f"{where}: 'category' must be one of {', '.join(CATEGORIES)}.")
+        elif category in seen:
+            errors.append(f"{where}: the category '{category}' has two rules.")
+        else:
+            where = f"Approval rule '{category}'"
+            seen.add(category)
+        for name, value in rule.items():
+            expected = RULE_SETTINGS.get(name)
+            if expected is None:
+                errors.append(f"{where}: unknown setting '{name}'.")
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                errors.append(f"{where}: '{name}' has the wrong type.")
+            elif expected is int and value < (0 if name == "max_reminders" else 1):
+                errors.append(f"{where}: '{name}' is too small.")
+        groups = rule.get("approver_groups", [])
+        required = rule.get("required_approvals", 1)
+        if isinstance(groups, list) and not all(isinstance(g, str) and g for g in groups):
+            errors.append(f"{where}: 'approver_groups' lists groups by name.")
+        elif isinstance(groups, list) and isinstance(required, int) and len(groups) > required:
+            errors.append(f"{where}: require at least one approval per approver group.")
+        if rule.get("final_action", "hold") not in FINAL_ACTIONS:
+            errors.append(f"{where}: 'final_action' must be hold or reject.")
+
+
+def validate_definition(definition: Any) -> None:
+    """Check a role bundle; raise ValidationError listing every problem found."""
     errors: list[str] = []
     if not isinstance(definition, dict):
         raise ValidationError("The definition must be a JSON object with a 'steps' list.")
+    allowed_tools = _check_bundle(definition, errors)
     model = definition.get("model", {})
     if not isinstance(model, dict):
         errors.append("'model' must be an object.")
@@ -211,8 +379,8 @@ def validate_definition(definition: Any, *, allowed_tools: list[str] | None = No
                     f"{where}: unknown tool '{tool}'; known tools: {', '.join(sorted(tools))}."
                 )
             else:
-                if allowed_tools is not None and tool not in allowed_tools:
-                    errors.append(f"{where}: the role is not allowed to use '{tool}'.")
+                if tool not in allowed_tools:
+                    errors.append(f"{where}: '{tool}' is not in the bundle's allowed tools.")
                 least = tool_category(tool)
                 if category in CATEGORY_RANK and not at_least(category, least):
                     errors.append(

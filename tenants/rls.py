@@ -40,6 +40,7 @@ TENANT_TABLES = [
     ("roles_historicalgoldencase", "tenant_id"),
     ("roles_suiterun", "tenant_id"),
     ("roles_caseresult", "tenant_id"),
+    ("roles_publication", "tenant_id"),
     ("desk_run", "tenant_id"),
     ("desk_steprun", "tenant_id"),
     ("desk_outboxmessage", "tenant_id"),

@@ -35,7 +35,6 @@ POLICY_FIELDS = (
 def policy_values(policy: ApprovalPolicy) -> dict[str, Any]:
     """A policy as JSON: what a change shows as its before and after."""
     values = {name: getattr(policy, name) for name in POLICY_FIELDS if "escalate_to" not in name}
-    values["role"] = policy.role_id
     values["escalate_to_group"] = policy.escalate_to_group_id
     values["escalate_to_user"] = policy.escalate_to_user_id
     values["approver_groups"] = (
@@ -51,7 +50,6 @@ def _policy_from(values: dict[str, Any], *, tenant_id: int, policy=None) -> Appr
             setattr(policy, f"{name}_id", values.get(name))
         elif name in values:
             setattr(policy, name, values[name])
-    policy.role_id = values.get("role")
     return policy
 
 
@@ -67,7 +65,7 @@ def propose_policy_change(
     """Propose creating (no `policy`), changing or deleting (`values` None) an approval
     policy; it applies only when a second operator approves it (approve_policy_change).
 
-    Raises ValidationError when a value is invalid, the role, group or person is another
+    Raises ValidationError when a value is invalid, the group or person is another
     tenant's, or the proposer is not an operator of the tenant.
     """
     from django.core.exceptions import ValidationError
@@ -117,8 +115,6 @@ def _check_policy(policy: ApprovalPolicy, *, groups: list) -> None:
     from django.core.exceptions import ValidationError
 
     tenant_id = policy.tenant_id
-    if policy.role_id and policy.role.tenant_id != tenant_id:
-        raise ValidationError({"role": "This role belongs to another tenant."})
     if any(g.tenant_id != tenant_id for g in groups):
         raise ValidationError({"approver_groups": "A group belongs to another tenant."})
     if policy.escalate_to_group_id and policy.escalate_to_group.tenant_id != tenant_id:

@@ -79,10 +79,11 @@ def start_run(
         raise RunError("no_active_version", f"Role '{role.slug}' has no published version yet.")
     if not isinstance(input, dict):
         raise RunError("invalid_input", "The input must be a JSON object.")
-    errors = schema_errors(role.input_schema or {}, input)
+    # The input must fit the version the run is pinned to (a canary may expect another).
+    version = _pick_version(role)
+    errors = schema_errors(version.input_schema, input)
     if errors:
         raise RunError("invalid_input", "The input does not match the role's input schema.", errors)
-    version = _pick_version(role)
     try:
         with locking.atomic():
             run = Run.objects.create(

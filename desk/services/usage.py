@@ -149,7 +149,7 @@ def sla_state(run: Run, *, now) -> str:
     """on_track, at_risk, or breached against the role's target turnaround; done when closed."""
     if not run.is_open:
         return "done"
-    target = timedelta(minutes=run.role.target_turnaround_minutes)
+    target = timedelta(minutes=run.role_version.target_turnaround_minutes)
     elapsed = now - run.created_at
     if elapsed >= target:
         return "breached"
@@ -165,7 +165,12 @@ def escalate_missed_service_level(*, run_id: int, tenant_id: int, now) -> bool:
     """
     with locking.tracked(), rls.tenant_context(tenant_id):
         run = (
-            lock(Run.objects.select_related("role"), Level.RUN, skip_locked=True, of=("self",))
+            lock(
+                Run.objects.select_related("role", "role_version"),
+                Level.RUN,
+                skip_locked=True,
+                of=("self",),
+            )
             .filter(pk=run_id, sla_escalated_at__isnull=True)
             .first()
         )
@@ -175,7 +180,7 @@ def escalate_missed_service_level(*, run_id: int, tenant_id: int, now) -> bool:
         run.save(update_fields=["sla_escalated_at"])
         reason = (
             f"Open for {int((now - run.created_at).total_seconds() // 60)} min; "
-            f"the role's target is {run.role.target_turnaround_minutes} min."
+            f"the role's target is {run.role_version.target_turnaround_minutes} min."
         )
         record(
             tenant=tenant_id,

@@ -157,7 +157,7 @@ def build_world(harbor: Tenant, northwind: Tenant, users) -> World:
         from approvals.models import ApprovalPolicy
         from approvals.services import policy_values, propose_policy_change
 
-        policy = ApprovalPolicy.objects.get(tenant=tenant, role=None, category="client_comms")
+        policy = ApprovalPolicy.objects.get(tenant=tenant, category="client_comms")
         propose_policy_change(
             tenant=tenant,
             actor=Actor.for_user(users["ops"]),

@@ -13,7 +13,6 @@ from approvals.services import DecisionError
 from audit.models import AuditEvent
 from audit.services import Actor
 from desk.models import Run
-from roles.models import Role
 from tenants.services import update_tenant_settings
 from tests.admin.conftest import parked, start_intake
 from tests.runtime import advance
@@ -21,10 +20,9 @@ from tests.runtime import advance
 POLICY_ADD = reverse("admin:approvals_approvalpolicy_add")
 
 
-def policy_data(tenant, role, **overrides) -> dict:
+def policy_data(tenant, **overrides) -> dict:
     return {
         "tenant": tenant.pk,
-        "role": role.pk if role else "",
         "category": "scheduling",
         "mode": "review",
         "required_approvals": 2,
@@ -35,20 +33,6 @@ def policy_data(tenant, role, **overrides) -> dict:
         "max_rounds": 3,
         **overrides,
     }
-
-
-def test_a_policy_for_a_role_of_another_tenant_is_refused(client, users, harbor, northwind):
-    northwind_role = Role.objects.get(tenant=northwind, slug="month-end-reporter")
-    count = ApprovalPolicy.objects.count()
-    client.force_login(users["ops"])
-
-    response = client.post(POLICY_ADD, policy_data(harbor, northwind_role))
-
-    assert response.status_code == 200
-    assert response.context["adminform"].form.errors["role"] == [
-        "Month-end reporter is a role of Northwind Accounting, not of Harbor Legal LLP."
-    ]
-    assert ApprovalPolicy.objects.count() == count
 
 
 def apply_change(client, user, change):
@@ -67,13 +51,14 @@ def apply_change(client, user, change):
 def test_an_operator_proposes_a_policy_and_a_second_operator_applies_it(
     client, users, harbor, intake_role
 ):
+    ApprovalPolicy.objects.filter(tenant=harbor, category="scheduling").delete()  # a gap
     client.force_login(users["ops"])
 
-    response = client.post(POLICY_ADD, policy_data(harbor, intake_role))
+    response = client.post(POLICY_ADD, policy_data(harbor))
 
     change = PolicyChange.objects.get()
     assert response.status_code == 302
-    assert not ApprovalPolicy.objects.filter(role=intake_role, category="scheduling").exists()
+    assert not ApprovalPolicy.objects.filter(tenant=harbor, category="scheduling").exists()
     assert change.status == PolicyChange.Status.PENDING
     assert change.after["required_approvals"] == 2
 
@@ -81,12 +66,12 @@ def test_an_operator_proposes_a_policy_and_a_second_operator_applies_it(
     change.refresh_from_db()
     assert mine.status_code == 302
     assert change.status == PolicyChange.Status.PENDING
-    assert not ApprovalPolicy.objects.filter(role=intake_role, category="scheduling").exists()
+    assert not ApprovalPolicy.objects.filter(tenant=harbor, category="scheduling").exists()
 
     apply_change(client, users["ops.second"], change)
 
     change.refresh_from_db()
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=intake_role, category="scheduling")
+    policy = ApprovalPolicy.objects.get(tenant=harbor, category="scheduling")
     assert change.status == PolicyChange.Status.APPLIED
     assert (policy.required_approvals, policy.max_reminders) == (2, 1)
     assert policy.history.get().history_user == users["ops.second"]
@@ -105,7 +90,7 @@ def test_a_duplicate_tenant_wide_policy_is_a_form_error(client, users, harbor):
     count = ApprovalPolicy.objects.count()
     client.force_login(users["ops"])
 
-    response = client.post(POLICY_ADD, policy_data(harbor, None, category="client_comms"))
+    response = client.post(POLICY_ADD, policy_data(harbor, category="client_comms"))
 
     assert response.status_code == 200
     assert response.context["adminform"].form.errors
@@ -118,7 +103,7 @@ def test_reviewers_only_read_policies(client, users, harbor):
 
     response = client.post(
         reverse("admin:approvals_approvalpolicy_change", args=[policy.pk]),
-        policy_data(harbor, None, category=policy.category, required_approvals=9),
+        policy_data(harbor, category=policy.category, required_approvals=9),
     )
 
     policy.refresh_from_db()
@@ -173,12 +158,12 @@ def test_auditors_see_escalations_but_cannot_resolve(client, users, escalation):
 
 
 def test_switching_a_category_to_auto_waits_for_a_second_operator(client, users, harbor):
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    policy = ApprovalPolicy.objects.get(tenant=harbor, category="client_comms")
     client.force_login(users["ops"])
 
     response = client.post(
         reverse("admin:approvals_approvalpolicy_change", args=[policy.pk]),
-        policy_data(harbor, None, category="client_comms", mode="auto", required_approvals=1),
+        policy_data(harbor, category="client_comms", mode="auto", required_approvals=1),
     )
 
     policy.refresh_from_db()
@@ -191,7 +176,7 @@ def test_switching_a_category_to_auto_waits_for_a_second_operator(client, users,
 
 
 def test_deleting_a_policy_waits_for_a_second_operator(client, users, harbor):
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    policy = ApprovalPolicy.objects.get(tenant=harbor, category="client_comms")
     client.force_login(users["ops"])
 
     client.post(reverse("admin:approvals_approvalpolicy_delete", args=[policy.pk]), {"post": "yes"})
@@ -208,7 +193,7 @@ def test_deleting_a_policy_waits_for_a_second_operator(client, users, harbor):
 def test_a_change_proposed_on_a_policy_changed_since_is_refused(client, users, harbor):
     from approvals.services import approve_policy_change, propose_policy_change
 
-    policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+    policy = ApprovalPolicy.objects.get(tenant=harbor, category="client_comms")
     values = {**change_values(policy), "mode": "auto"}
     first = propose_policy_change(
         tenant=harbor, actor=Actor.for_user(users["ops"]), values=values, policy=policy

@@ -1,4 +1,5 @@
-"""Roles and versions in the admin: drafts are validated, publishing and rollback are actions."""
+"""Roles and versions in the admin: drafts are validated; publication is asked for by one
+operator and decided by another; activation, rollback and canaries are confirmed first."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from django.urls import reverse
 from audit.models import AuditEvent
 from audit.services import Actor
 from roles.models import Role, RoleVersion
-from roles.services import create_role_version, publish_role_version
+from roles.services import create_role_version
+from tests.publishing import publish
 
 ADD_URL = reverse("admin:roles_roleversion_add")
 CHANGELIST_URL = reverse("admin:roles_roleversion_changelist")
@@ -105,100 +107,117 @@ def draft(intake_role, users) -> RoleVersion:
     )
 
 
-def test_publish_and_activate(client, users, ops_harbor, intake_role, draft):
-    client.force_login(ops_harbor)
-
-    response = client.post(
-        CHANGELIST_URL,
-        {"action": "publish_and_activate", "_selected_action": [draft.pk], "index": "0"},
-        follow=True,
+def override_request(client, version, reason="No golden cases yet."):
+    return client.post(
+        reverse("admin:roles_roleversion_request_publication", args=[version.pk]),
+        {"note": "Please look at the prompt", "override_reason": reason},
     )
 
-    draft.refresh_from_db()
-    intake_role.refresh_from_db()
-    assert draft.status == RoleVersion.Status.PUBLISHED
-    assert draft.published_by == ops_harbor
-    assert intake_role.active_version == draft
-    assert [str(m) for m in response.context["messages"]] == [
-        "Published intake-coordinator v2; new runs of Intake coordinator use it."
-    ]
 
-
-def test_the_author_of_a_version_cannot_publish_it(client, users, intake_role, draft):
-    first = intake_role.active_version
+def test_asking_for_publication_shows_the_diff_and_the_gate_and_refuses_without_a_reason(
+    client, users, intake_role, draft
+):
+    draft = update_draft_text(draft, users, "You are brief.")
     client.force_login(users["ops"])
+    url = reverse("admin:roles_roleversion_request_publication", args=[draft.pk])
     events = AuditEvent.objects.count()
 
-    page = client.get(reverse("admin:roles_roleversion_change", args=[draft.pk]))
-    response = client.post(
-        CHANGELIST_URL,
-        {"action": "publish_and_activate", "_selected_action": [draft.pk], "index": "0"},
-        follow=True,
-    )
+    page = client.get(url)
+    refused = client.post(url, {"note": "", "override_reason": ""})
 
-    draft.refresh_from_db()
-    intake_role.refresh_from_db()
-    assert "You wrote this draft: another operator publishes it." in page.content.decode()
-    assert [str(m) for m in response.context["messages"]] == [
-        "intake-coordinator v2 was not published: Another operator must publish the version "
-        "you wrote."
-    ]
-    assert (draft.status, draft.published_by, draft.published_at) == (
-        RoleVersion.Status.DRAFT,
-        None,
-        None,
-    )
-    assert intake_role.active_version == first
-    assert AuditEvent.objects.count() == events
+    html = page.content.decode()
+    assert "What changes against the active v1" in html and "You are brief." in html
+    assert "Regression gate" in html and "refuses" in html
+    assert refused.status_code == 200
+    assert "The regression gate refuses this version" in refused.content.decode()
+    assert not draft.publications.exists() and AuditEvent.objects.count() == events
 
 
-def test_activate_rolls_back_to_an_earlier_version(client, users, ops_harbor, intake_role, draft):
-    first = intake_role.active_version
-    publish_role_version(version=draft, actor=Actor.for_user(ops_harbor))
+def test_the_second_operator_decides_on_the_publication_page(client, users, intake_role, draft):
     client.force_login(users["ops"])
+    response = override_request(client, draft)
+    publication = draft.publications.get()
+    url = reverse("admin:roles_publication_change", args=[publication.pk])
+    assert response.status_code == 302 and response["Location"] == url
 
-    client.post(
-        CHANGELIST_URL,
-        {"action": "activate_version", "_selected_action": [first.pk], "index": "0"},
-    )
-
-    intake_role.refresh_from_db()
-    assert intake_role.active_version == first
-
-
-def test_actions_refuse_more_than_one_version(client, users, intake_role, draft, northwind):
-    other = Role.objects.get(tenant=northwind, slug="intake-coordinator").active_version
-    client.force_login(users["ops"])
-
-    response = client.post(
-        CHANGELIST_URL,
-        {"action": "publish_and_activate", "_selected_action": [draft.pk, other.pk], "index": "0"},
-        follow=True,
-    )
-
+    mine = client.get(url).content.decode()
+    forged = client.post(url, {"_approve": "1", "note": ""})
     draft.refresh_from_db()
+    assert "Approve and publish" not in mine and "Withdraw" in mine
+    assert "A second operator must decide" in forged.content.decode()
     assert draft.status == RoleVersion.Status.DRAFT
-    assert [str(m) for m in response.context["messages"]] == [
-        "Select exactly one role version to publish."
-    ]
 
+    client.force_login(users["ops.second"])
+    theirs = client.get(url).content.decode()
+    approved = client.post(url, {"_approve": "1", "note": "Reviewed"}, follow=True)
 
-def test_publishing_a_published_version_says_why_not(client, users, intake_role):
-    client.force_login(users["ops"])
-
-    response = client.post(
-        CHANGELIST_URL,
-        {
-            "action": "publish_and_activate",
-            "_selected_action": [intake_role.active_version_id],
-            "index": "0",
-        },
-        follow=True,
+    draft.refresh_from_db()
+    intake_role.refresh_from_db()
+    assert "Approve and publish" in theirs and "No golden cases yet." in theirs
+    assert draft.status == RoleVersion.Status.PUBLISHED
+    assert draft.published_by == users["ops.second"]
+    assert intake_role.active_version.number == 1  # published, kept ready
+    assert "Activate it for all new runs, start a canary, or keep it ready." in next(
+        str(m) for m in approved.context["messages"]
     )
 
-    assert [str(m) for m in response.context["messages"]] == [
-        "intake-coordinator v1 was not published: This version is already published."
-    ]
+
+def test_activating_asks_for_confirmation_and_rolls_back(client, users, intake_role, draft):
+    first = intake_role.active_version
+    publish(draft)
+    client.force_login(users["ops"])
+    url = reverse("admin:roles_roleversion_activate", args=[first.pk])
+
+    page = client.get(url)
+    intake_role.refresh_from_db()
+    assert "Roll back to intake-coordinator v1" in page.content.decode()
+    assert intake_role.active_version == draft
+
+    client.post(url, {"_activate": "1"})
+
+    intake_role.refresh_from_db()
+    assert intake_role.active_version == first
+    event = AuditEvent.objects.filter(action="role_version.activated").latest("pk")
+    assert event.data["rollback"] is True and event.actor_user == users["ops"]
+
+
+def test_a_reviewer_reaches_none_of_the_publication_pages(client, users, intake_role, draft):
+    client.force_login(users["reviewer.harbor"])
+    for name in ("edit", "request_publication", "activate"):
+        url = reverse(f"admin:roles_roleversion_{name}", args=[draft.pk])
+        assert client.get(url).status_code == 403
+        assert client.post(url, {"override_reason": "x"}).status_code == 403
+    draft.refresh_from_db()
+    assert draft.status == RoleVersion.Status.DRAFT and not draft.publications.exists()
+
+
+def test_a_draft_is_edited_on_its_page_and_a_pending_request_lapses(
+    client, users, intake_role, draft
+):
+    client.force_login(users["ops"])
+    override_request(client, draft)
+    definition = {**draft.definition, "system": "Edited"}
+
+    response = client.post(
+        reverse("admin:roles_roleversion_edit", args=[draft.pk]),
+        {"definition": json.dumps(definition), "change_note": "Edited"},
+    )
+
+    draft.refresh_from_db()
+    assert response.status_code == 302
+    assert draft.definition["system"] == "Edited"
+    assert draft.publications.get().status == "lapsed"
+
+
+def update_draft_text(draft, users, text):
+    from roles.services import update_draft
+
+    return update_draft(
+        version=draft,
+        actor=Actor.for_user(users["ops"]),
+        definition={**draft.definition, "system": text},
+        change_note=draft.change_note,
+    )
 
 
 def test_versions_are_read_only(client, users, intake_role):
@@ -226,13 +245,7 @@ def test_a_role_is_created_through_the_service(client, users, harbor):
             "tenant": harbor.pk,
             "slug": "scheduler",
             "name": "Scheduler",
-            "input_schema": json.dumps({"type": "object"}),
             "purpose": "Books meetings.",
-            "outputs": "",
-            "target_turnaround_minutes": 30,
-            "escalation_conditions": "",
-            "allowed_tools": ["records.search"],
-            "allowed_data_kinds": "contact, matter",
             "versions-TOTAL_FORMS": "0",
             "versions-INITIAL_FORMS": "0",
         },
@@ -240,63 +253,34 @@ def test_a_role_is_created_through_the_service(client, users, harbor):
 
     role = Role.objects.get(tenant=harbor, slug="scheduler")
     assert response.status_code == 302
-    assert role.allowed_tools == ["records.search"]
-    assert role.allowed_data_kinds == ["contact", "matter"]
+    assert role.purpose == "Books meetings." and role.active_version is None
     assert AuditEvent.objects.filter(action="role.created", object_id=str(role.pk)).count() == 1
 
 
-def test_a_role_with_an_invalid_input_schema_is_refused(client, users, harbor):
+def test_the_role_page_cannot_change_what_runs_do(client, users, intake_role):
     client.force_login(users["ops"])
-
-    response = client.post(
-        reverse("admin:roles_role_add"),
-        {
-            "tenant": harbor.pk,
-            "slug": "scheduler",
-            "name": "Scheduler",
-            "input_schema": json.dumps({"type": "nonsense"}),
-            "target_turnaround_minutes": 30,
-            "versions-TOTAL_FORMS": "0",
-            "versions-INITIAL_FORMS": "0",
-        },
-    )
-
-    assert response.status_code == 200
-    assert "The input schema is not a valid JSON Schema" in response.content.decode()
-    assert not Role.objects.filter(slug="scheduler").exists()
-
-
-def role_form(role, **overrides) -> dict:
-    return {
-        "name": role.name,
-        "input_schema": json.dumps(role.input_schema),
-        "purpose": role.purpose,
-        "outputs": role.outputs,
-        "target_turnaround_minutes": role.target_turnaround_minutes,
-        "escalation_conditions": role.escalation_conditions,
-        "allowed_tools": role.allowed_tools,
-        "allowed_data_kinds": ", ".join(role.allowed_data_kinds),
-        "versions-TOTAL_FORMS": "1",
-        "versions-INITIAL_FORMS": "1",
-        **overrides,
-    }
-
-
-def test_a_role_is_changed_through_the_service(client, users, intake_role):
-    client.force_login(users["ops"])
+    before = intake_role.active_version.definition
 
     response = client.post(
         reverse("admin:roles_role_change", args=[intake_role.pk]),
-        role_form(intake_role, target_turnaround_minutes=45, slug="renamed"),
+        {
+            "name": "Intake desk",
+            "purpose": intake_role.purpose,
+            "allowed_tools": ["email.send"],
+            "input_schema": json.dumps({"type": "object"}),
+            "target_turnaround_minutes": 9999,
+            "slug": "renamed",
+            "versions-TOTAL_FORMS": "1",
+            "versions-INITIAL_FORMS": "1",
+        },
     )
 
     intake_role.refresh_from_db()
     event = AuditEvent.objects.get(action="role.updated", object_id=str(intake_role.pk))
     assert response.status_code == 302
-    assert (intake_role.target_turnaround_minutes, intake_role.slug) == (45, "intake-coordinator")
-    assert event.data == {"target_turnaround_minutes": [60, 45]}
-    assert event.actor_user == users["ops"]
-    assert intake_role.history.first().history_user == users["ops"]
+    assert (intake_role.name, intake_role.slug) == ("Intake desk", "intake-coordinator")
+    assert event.data == {"name": ["Intake coordinator", "Intake desk"]}
+    assert intake_role.active_version.definition == before
 
 
 def canary_url(role) -> str:
@@ -306,7 +290,7 @@ def canary_url(role) -> str:
 @pytest.fixture
 def published(intake_role, draft, ops_harbor) -> RoleVersion:
     """Version 2, published without being activated: a candidate canary."""
-    return publish_role_version(version=draft, actor=Actor.for_user(ops_harbor), activate=False)
+    return publish(draft, activate=False)
 
 
 def test_the_canary_is_set_from_the_role_page_through_the_service(
@@ -316,7 +300,13 @@ def test_the_canary_is_set_from_the_role_page_through_the_service(
 
     page = client.get(reverse("admin:roles_role_change", args=[intake_role.pk]))
     form = client.get(canary_url(intake_role))
-    response = client.post(canary_url(intake_role), {"version": published.pk, "percent": 25})
+    confirm = client.post(canary_url(intake_role), {"version": published.pk, "percent": 25})
+    intake_role.refresh_from_db()
+    assert "Yes, send 25% of new runs to v2" in confirm.content.decode()
+    assert intake_role.canary_version is None  # nothing reaches live runs before confirming
+    response = client.post(
+        canary_url(intake_role), {"version": published.pk, "percent": 25, "_confirm": "1"}
+    )
 
     intake_role.refresh_from_db()
     assert canary_url(intake_role) in page.content.decode()
@@ -324,10 +314,10 @@ def test_the_canary_is_set_from_the_role_page_through_the_service(
     assert response.status_code == 302
     assert (intake_role.canary_version, intake_role.canary_percent) == (published, 25)
     event = AuditEvent.objects.get(action="role.canary_set", object_id=str(intake_role.pk))
-    assert event.data == {"version": 2, "percent": 25}
+    assert event.data == {"version": 2, "percent": 25, "previous_version": None}
     assert event.actor_user == users["ops"]
 
-    client.post(canary_url(intake_role), {"version": "", "percent": 25})
+    client.post(canary_url(intake_role), {"version": "", "percent": 25, "_confirm": "1"})
 
     intake_role.refresh_from_db()
     assert (intake_role.canary_version, intake_role.canary_percent) == (None, 0)
@@ -351,7 +341,9 @@ def test_only_the_roles_operators_set_its_canary(
         client.force_login(user)
 
         assert client.get(canary_url(intake_role)).status_code == status
-        response = client.post(canary_url(intake_role), {"version": published.pk, "percent": 50})
+        response = client.post(
+            canary_url(intake_role), {"version": published.pk, "percent": 50, "_confirm": "1"}
+        )
 
         assert response.status_code == status
     intake_role.refresh_from_db()

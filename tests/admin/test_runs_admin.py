@@ -19,6 +19,7 @@ from roles.models import Role
 from tenants.services import update_tenant_settings
 from tests.admin.conftest import parked, start_intake
 from tests.conftest import INTAKE_INPUT
+from tests.publishing import publish
 from tests.runtime import advance
 
 ADD_URL = reverse("admin:desk_run_add")
@@ -176,7 +177,7 @@ def started_minutes_ago(tenant, user, minutes: float) -> Run:
 @pytest.fixture
 def runs_by_age(harbor, users, intake_role) -> dict[str, Run]:
     """Open intake runs (target turnaround: 60 min) of several ages, and a finished late one."""
-    assert intake_role.target_turnaround_minutes == 60
+    assert intake_role.active_version.target_turnaround_minutes == 60
     runs = {
         "on_track": started_minutes_ago(harbor, users["ops"], 10),
         "at_risk": started_minutes_ago(harbor, users["ops"], 50),
@@ -236,7 +237,7 @@ def test_a_run_on_hold_stands_out(client, users, harbor):
 @pytest.fixture
 def runs_of_two_versions(harbor, users, intake_role, ops_harbor) -> dict[str, list[Run]]:
     """Two intake runs on v1, then one on v2 (published and active)."""
-    from roles.services import create_role_version, publish_role_version
+    from roles.services import create_role_version
 
     on_v1 = [start_intake(harbor, users["ops"]) for _ in range(2)]
     v2 = create_role_version(
@@ -244,7 +245,7 @@ def runs_of_two_versions(harbor, users, intake_role, ops_harbor) -> dict[str, li
         definition=intake_role.active_version.definition,
         actor=Actor.for_user(users["ops"]),
     )
-    publish_role_version(version=v2, actor=Actor.for_user(ops_harbor))
+    publish(v2)
     on_v2 = [start_intake(harbor, users["ops"])]
     assert {run.role_version.number for run in on_v2} == {2}
     return {"v1": on_v1, "v2": on_v2}

@@ -14,9 +14,10 @@ from audit.services import Actor
 from desk.models import OutboxMessage, Run, StepRun
 from desk.services import start_run
 from roles.models import Role
-from roles.services import create_role, create_role_version, publish_role_version
+from roles.services import create_role, create_role_version
 from tenants.models import Membership
 from tenants.services import grant_membership, revoke_membership
+from tests.publishing import publish
 from tests.runtime import advance
 
 SYSTEM = Actor.system("tests")
@@ -212,6 +213,13 @@ class TestGatedDraft:
         assert (payload["subject"], payload["body"]) == (draft["subject"], draft["body"])
 
 
+def stored_bundle(tenant, **changes) -> None:
+    """Change the follow-up role's active bundle in the database, behind validation's back
+    (a version stored before a rule existed): the runtime must still hold."""
+    version = Role.objects.get(tenant=tenant, slug="client-follow-up").active_version
+    type(version).objects.filter(pk=version.pk).update(definition={**version.definition, **changes})
+
+
 @pytest.fixture
 def checkpoint_run(harbor, users):
     """A role whose figures pass a review checkpoint before the e-mail is drafted."""
@@ -220,10 +228,10 @@ def checkpoint_run(harbor, users):
         slug="quote-writer",
         name="Quote writer",
         actor=SYSTEM,
-        allowed_tools=["email.send"],
-        input_schema={"type": "object"},
     )
     definition = {
+        "allowed_tools": ["email.send"],
+        "input_schema": {"type": "object"},
         "steps": [
             {
                 "key": "estimate",
@@ -249,10 +257,10 @@ def checkpoint_run(harbor, users):
                     "body": "{{ steps.estimate.body }}",
                 },
             },
-        ]
+        ],
     }
     version = create_role_version(role=role, definition=definition, actor=SYSTEM)
-    publish_role_version(version=version, actor=SYSTEM)
+    publish(version)
     run = start_run(tenant=harbor, role=role, input={}, actor=SYSTEM, via="command")
     advance(run.pk)
     run.refresh_from_db()
@@ -310,17 +318,20 @@ class TestFourEyes:
         assert snapshot.unchanged()
 
     def test_the_author_of_the_role_version_may_not_approve(self, harbor, users):
+        # Both operators also review in Harbor: neither may approve a run of their version.
+        grant_membership(user=users["ops.second"], tenant=harbor, kind="reviewer", actor=SYSTEM)
         role = Role.objects.get(tenant=harbor, slug="client-follow-up")
         version = create_role_version(
             role=role,
-            definition=role.active_version.definition,
-            actor=Actor.for_user(users["reviewer.harbor"]),
+            definition={**role.active_version.definition, "system": "v2"},
+            actor=Actor.for_user(users["ops"]),
         )
-        publish_role_version(version=version, actor=Actor.for_user(users["ops"]))
+        version = publish(version)
+        assert version.published_by == users["ops.second"]
         run = parked_at(harbor, "client-follow-up", FOLLOW_UP_INPUT)
         snapshot = Snapshot(run)
 
-        for person in ("reviewer.harbor", "ops"):  # its author, then its publisher
+        for person in ("ops", "ops.second"):  # its author, then its publisher
             with pytest.raises(DecisionError) as caught:
                 decide(request=pending(run), reviewer=users[person], verdict="approve")
             assert caught.value.code == "forbidden"
@@ -484,11 +495,21 @@ class TestFailClosed:
         assert request.rule["source"] == "no policy"
         assert not OutboxMessage.objects.filter(run=run).exists()
 
-    def test_a_role_policy_cannot_loosen_the_tenant_floor(self, harbor):
+    def test_a_role_rule_cannot_loosen_the_tenant_floor(self, harbor):
+        from django.core.exceptions import ValidationError
+
         role = Role.objects.get(tenant=harbor, slug="client-follow-up")
-        ApprovalPolicy.objects.create(
-            tenant=harbor, role=role, category="client_comms", mode=ApprovalPolicy.Mode.AUTO
-        )
+        loosen = [{"category": "client_comms", "mode": "auto"}]
+        with pytest.raises(ValidationError, match="unknown setting 'mode'"):
+            create_role_version(
+                role=role,
+                definition={**role.active_version.definition, "approval_rules": loosen},
+                actor=SYSTEM,
+            )
+        # Smuggled into the stored bundle anyway, it still cannot turn the gate off.
+        version = role.active_version
+        version.definition["approval_rules"] = loosen
+        type(version).objects.filter(pk=version.pk).update(definition=version.definition)
 
         run = parked_at(harbor, "client-follow-up", FOLLOW_UP_INPUT)
 
@@ -522,7 +543,7 @@ class TestFailClosed:
         assert pending(run).step.key == "send"
 
     def test_an_empty_allowed_tools_list_allows_nothing(self, harbor):
-        Role.objects.filter(tenant=harbor, slug="client-follow-up").update(allowed_tools=[])
+        stored_bundle(harbor, allowed_tools=[])
         run = start_run(
             tenant=harbor,
             role=Role.objects.get(tenant=harbor, slug="client-follow-up"),
@@ -539,7 +560,7 @@ class TestFailClosed:
         assert not AuditEvent.objects.filter(run_id=run.pk, action="data.read").exists()
 
     def test_an_empty_data_kinds_list_reads_nothing(self, harbor):
-        Role.objects.filter(tenant=harbor, slug="client-follow-up").update(allowed_data_kinds=[])
+        stored_bundle(harbor, allowed_data_kinds=[])
         run = start_run(
             tenant=harbor,
             role=Role.objects.get(tenant=harbor, slug="client-follow-up"),

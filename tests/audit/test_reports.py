@@ -264,7 +264,7 @@ class TestApprovals:
         from approvals.models import ApprovalPolicy
         from approvals.services import approve_policy_change
 
-        policy = ApprovalPolicy.objects.get(tenant=harbor, role=None, category="client_comms")
+        policy = ApprovalPolicy.objects.get(tenant=harbor, category="client_comms")
         with at(FIRST):
             change = propose_policy_change(
                 tenant=harbor,

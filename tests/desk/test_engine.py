@@ -17,8 +17,9 @@ from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ProviderError
 from desk.providers.base import ModelResponse, Provider
 from desk.services import start_run
-from roles.models import Role
-from roles.services import create_role_version, publish_role_version
+from roles.models import Role, RoleVersion
+from roles.services import create_role_version
+from tests.publishing import publish
 from tests.runtime import advance, execute, lease
 
 
@@ -250,24 +251,26 @@ class TestToolBoundaries:
     def _role_with(self, tenant, *, slug, steps_def, allowed_tools, data_kinds=()):
         from roles.services import create_role
 
-        role = create_role(
-            tenant=tenant,
-            slug=slug,
-            name=slug,
-            actor=Actor.system("tests"),
-            input_schema={"type": "object"},
-            allowed_tools=[s["tool"] for s in steps_def],
-            allowed_data_kinds=list(data_kinds),
-        )
+        role = create_role(tenant=tenant, slug=slug, name=slug, actor=Actor.system("tests"))
         version = create_role_version(
-            role=role, definition={"steps": steps_def}, actor=Actor.system("tests")
+            role=role,
+            definition={
+                "input_schema": {"type": "object"},
+                "allowed_tools": [s["tool"] for s in steps_def],
+                "allowed_data_kinds": list(data_kinds),
+                "steps": steps_def,
+            },
+            actor=Actor.system("tests"),
         )
-        publish_role_version(version=version, actor=Actor.system("tests"))
-        # Narrowed after publishing, as an operator might: the runtime must still refuse.
-        role = Role.objects.get(pk=role.pk)
-        role.allowed_tools = allowed_tools
-        role.save()
-        return role
+        publish(version)
+        # Narrowed in the database behind validation's back (a version stored before the
+        # rule existed, or tampered with): the runtime must still refuse.
+        version.refresh_from_db()
+        bundle = version.definition
+        bundle["allowed_tools"] = allowed_tools
+        bundle["tools"] = {k: v for k, v in bundle["tools"].items() if k in allowed_tools}
+        RoleVersion.objects.filter(pk=version.pk).update(definition=bundle)
+        return Role.objects.get(pk=role.pk)
 
     def test_another_tenants_record_reads_as_not_found_and_is_audited(self, northwind, harbor):
         role = self._role_with(
@@ -558,11 +561,8 @@ class TestStartRun:
     ):
         first = start_intake()
         definition = {**intake_role.active_version.definition, "system": "Version two."}
-        publish_role_version(
-            version=create_role_version(
-                role=intake_role, definition=definition, actor=Actor.system("t")
-            ),
-            actor=Actor.system("t"),
+        publish(
+            create_role_version(role=intake_role, definition=definition, actor=Actor.system("t"))
         )
 
         second = start_intake()

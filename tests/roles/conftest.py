@@ -19,9 +19,10 @@ from audit.services import Actor
 from desk.models import Run
 from desk.services import start_run
 from roles.models import Role, RoleVersion
-from roles.services import create_role_version, publish_role_version, set_canary
+from roles.services import create_role_version, set_canary
 from tenants.services import grant_membership
 from tests.conftest import INTAKE_INPUT
+from tests.publishing import publish
 from tests.runtime import advance
 
 EDITED_DRAFT = {"draft": {"subject": "Re: Lease question", "body": "Edited by the reviewer."}}
@@ -142,7 +143,7 @@ def canary(intake_role, users, second_operator) -> Canary:
         actor=Actor.for_user(users["ops"]),
         change_note="Shorter",
     )
-    publish_role_version(version=v2, actor=Actor.for_user(second_operator), activate=False)
+    publish(v2, activate=False)
     state = Canary(
         role=intake_role, v1=v1, v2=v2, reviewer=users["reviewer.harbor"], now=timezone.now()
     )

@@ -74,9 +74,52 @@ def test_a_tool_the_role_may_not_use_is_refused():
         "args": {"email": "x"},
     }
 
-    found = messages({"steps": [step]}, allowed_tools=["email.send"])
+    found = messages({"allowed_tools": ["email.send"], "steps": [step]})
 
-    assert found == ["Step 't': the role is not allowed to use 'records.search'."]
+    assert found == ["Step 't': 'records.search' is not in the bundle's allowed tools."]
+
+
+def test_an_empty_allow_list_allows_no_tool_step():
+    step = {"key": "t", "kind": "tool", "category": "data_access", "tool": "records.search"}
+
+    assert messages({"steps": [step]}) == [
+        "Step 't': 'records.search' is not in the bundle's allowed tools."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bundle", "message"),
+    [
+        ({"surprise": 1}, "The bundle has unknown keys: surprise."),
+        ({"input_schema": {"type": "strang"}}, "The input schema is not a valid JSON Schema"),
+        ({"target_turnaround_minutes": 0}, "'target_turnaround_minutes' must be a whole number"),
+        ({"target_turnaround_minutes": True}, "'target_turnaround_minutes' must be a whole number"),
+        ({"allowed_tools": ["fax.send"]}, "'allowed_tools' names an unknown tool 'fax.send'."),
+        ({"allowed_data_kinds": ["a b"]}, "'allowed_data_kinds' must be a list of data kinds"),
+        ({"approval_rules": [{"category": "gossip"}]}, "'category' must be one of"),
+        (
+            {"approval_rules": [{"category": "financial"}, {"category": "financial"}]},
+            "the category 'financial' has two rules",
+        ),
+        (
+            {"approval_rules": [{"category": "financial", "required_approvals": 0}]},
+            "'required_approvals' is too small",
+        ),
+        (
+            {"approval_rules": [{"category": "financial", "approver_groups": ["A", "B"]}]},
+            "require at least one approval per approver group",
+        ),
+        (
+            {"approval_rules": [{"category": "financial", "final_action": "send"}]},
+            "'final_action' must be hold or reject",
+        ),
+        ({"tools": {"email.send": {"category": "internal"}}}, "'tools' must map tool names"),
+    ],
+)
+def test_every_bundle_key_is_checked(bundle, message):
+    found = messages({"steps": [LLM_STEP], **bundle})
+
+    assert any(message in m for m in found), found
 
 
 class TestSandbox:

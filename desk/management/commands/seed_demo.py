@@ -6,8 +6,15 @@ from desk.demo import DEMO_PASSWORD, USERS, seed_demo
 class Command(BaseCommand):
     help = "Create the demo tenants, users, roles, policies and client records (idempotent)."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--without-change-control",
+            action="store_true",
+            help="Leave out the change-control walkthrough (golden cases, drafts, a run).",
+        )
+
     def handle(self, *args, **options):
-        created = seed_demo()
+        created = seed_demo(change_control=not options["without_change_control"])
         summary = ", ".join(f"{count} {name}" for name, count in created.items())
         self.stdout.write(f"Demo data ready (created: {summary}).")
         self.stdout.write(f"Demo logins (password '{DEMO_PASSWORD}'): {', '.join(USERS)}")
