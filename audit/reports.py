@@ -50,6 +50,7 @@ CHANGE_ACTIONS = (
     "role_version.publication_requested",
     "role_version.publication_rejected",
     "role_version.publication_withdrawn",
+    "role_version.imported",
     "role_version.published",
     "role_version.activated",
     "policy.change_proposed",
@@ -578,8 +579,9 @@ def _policy_diff(before: dict | None, after: dict | None) -> list[str]:
 
 def changes_in(*, tenant_id: int, period: Period, page: int | None = None) -> Rows:
     """What changed in roles and policies in the period, oldest first: roles created and
-    changed, versions drafted, published and activated (rollbacks), canaries, policy changes
-    proposed, applied, rejected and withdrawn. One page, or the first SECTION_CAP."""
+    changed, versions drafted, imported from role files, published and activated (rollbacks),
+    canaries, policy changes proposed, applied, rejected and withdrawn. One page, or the first
+    SECTION_CAP."""
     events = tenant_events(tenant_id, period).filter(action__in=CHANGE_ACTIONS)
     events = events.order_by("created_at", "seq")
     rows, total, number, pages = _page_or_cap(events, page)
@@ -630,6 +632,11 @@ def _changes(tenant_id: int, events: list[AuditEvent]) -> list[Change]:
             what += "publication " + ("asked for" if verb == "requested" else verb)
             if data.get("override"):
                 details = [f"override of the regression gate: {event.reason}"]
+        elif event.action == "role_version.imported":
+            what = f"role version {data.get('role', '?')} v{data.get('number', '?')} imported"
+            details = ["from a role file"]
+            details += [f"golden case {name} created" for name in data.get("cases_created", [])]
+            details += [f"golden case {name} updated" for name in data.get("cases_updated", [])]
         elif event.action == "role_version.published":
             what = f"role version {data.get('role', '?')} v{data.get('number', '?')} published"
             proposer = people.get(data.get("requested_by") or 0)

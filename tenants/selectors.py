@@ -7,6 +7,13 @@ from tenants.models import BreakGlassGrant, Membership, Tenant
 from tenants.scoping import break_glass_grants, is_platform_staff
 
 
+def tenant_id_for_slug(slug: str) -> int | None:
+    """The id of the tenant with this slug: the one cross-tenant read a command makes before
+    it works inside that tenant's context (like rls.tenant_of)."""
+    with rls.platform_context():
+        return Tenant.objects.filter(slug=slug).values_list("pk", flat=True).first()
+
+
 def membership_tenant_ids(user) -> list[int]:
     """Ids of the tenants a user is a member of (any kind, active account or not), in order.
 

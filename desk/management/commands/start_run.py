@@ -14,6 +14,7 @@ from desk.services import RunError, start_run
 from roles.models import Role
 from tenants import rls
 from tenants.models import Tenant
+from tenants.selectors import tenant_id_for_slug
 
 
 def parse_input(raw: str) -> Any:
@@ -82,12 +83,6 @@ class Command(BaseCommand):
                 "version": run.role_version.number,
             }
         self.stdout.write(json.dumps(printed))
-
-
-def tenant_id_for_slug(slug: str) -> int | None:
-    """The id of the tenant with this slug: the one cross-tenant read, like rls.tenant_of."""
-    with rls.platform_context():
-        return Tenant.objects.filter(slug=slug).values_list("pk", flat=True).first()
 
 
 def _describe(error: RunError) -> str:
