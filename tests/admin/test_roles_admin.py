@@ -348,3 +348,36 @@ def test_only_the_roles_operators_set_its_canary(
         assert response.status_code == status
     intake_role.refresh_from_db()
     assert intake_role.canary_version is None
+
+
+def test_the_publication_pages_cost_the_same_whatever_their_number(
+    client, users, intake_role, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from roles.services import request_publication
+
+    client.force_login(users["ops.second"])
+    list_url = reverse("admin:roles_publication_changelist")
+
+    def ask(n):
+        for i in range(n):
+            version = create_role_version(
+                role=intake_role,
+                definition={**intake_role.active_version.definition, "system": f"v{i}"},
+                actor=Actor.for_user(users["ops"]),
+            )
+            request_publication(
+                version=version, actor=Actor.for_user(users["ops"]), override_reason="load"
+            )
+
+    ask(1)
+    client.get(list_url)  # warm the caches a first request fills
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(list_url).status_code == 200
+    ask(5)
+    with django_assert_num_queries(len(few.captured_queries)):
+        assert client.get(list_url).status_code == 200
+    statements = [q for q in few.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) <= 15

@@ -164,7 +164,9 @@ def test_a_hung_cluster_is_detected_and_replaced(workers, model, kind, detected_
     wait_until_all(runs, Run.Status.WAITING_APPROVAL)
     assert_nothing_lost_or_doubled(runs, workers)
     assert not any(os.path.exists(f"/proc/{pid}") and is_stopped(pid) for pid in victims)
-    [event] = restart_events()[:1]
+    # The log line comes before the old cluster is gone and the restart audited; the old
+    # cluster's workers may have parked the runs meanwhile (only its monitor was stopped).
+    event = wait_for(lambda: next(iter(restart_events()), None), what="the restart's audit event")
     assert detected_by in event.reason
     beat = wait_for(
         lambda: WorkerHeartbeat.objects.filter(name=worker.name, cluster_restarts__gte=1).first(),

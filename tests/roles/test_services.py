@@ -460,3 +460,37 @@ def test_a_canary_takes_a_share_of_new_runs(intake_role, users):
     assert start(intake_role).role_version == v2
     event = AuditEvent.objects.filter(action="role.canary_set").latest("pk")
     assert event.data == {"version": v2.number, "percent": 100, "previous_version": None}
+
+
+def test_a_regressing_draft_goes_out_only_on_a_two_person_override(passing, users):
+    # The draft stops looking the sender up: the case that passed in the baseline fails.
+    steps = [s for s in passing.active_version.definition["steps"] if s["key"] != "lookup"]
+    steps = [
+        {**s, "prompt": s["prompt"].replace("steps.lookup.records", "[]")}
+        if s["key"] == "draft"
+        else s
+        for s in steps
+    ]
+    version = draft(passing, users, by="ops", steps=steps)
+    suite = golden.start_suite(version, actor(users, "ops"))
+    golden.run_suite(suite.pk)
+    report = golden.regression_gate(version)
+    assert not report.ok and {row.verdict for row in report.rows} == {"regressed"}
+    before = state(version)
+
+    with pytest.raises(ValidationError) as caught:
+        request_publication(version=version, actor=actor(users, "ops"))
+    assert caught.value.code == "gate" and "passed in the baseline and fails now" in str(
+        caught.value
+    )
+    assert state(version) == before
+
+    publication = request_publication(
+        version=version, actor=actor(users, "ops"), override_reason="Lookup is down all week."
+    )
+    assert publication.gate["ok"] is False and publication.is_override
+    with pytest.raises(ValidationError):
+        approve_publication(publication=publication, actor=actor(users, "ops"))
+    approve_publication(publication=publication, actor=actor(users, "ops.second"))
+    version.refresh_from_db()
+    assert version.status == RoleVersion.Status.PUBLISHED
