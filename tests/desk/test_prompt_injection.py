@@ -474,6 +474,7 @@ class TestApprovedContent:
         assert request.version == 2
         first = Decision.objects.get(request=request, reviewer=users["reviewer.harbor"])
         assert first.dismissed_at is not None
+        assert events(run, "approval.decided")[-1].data["dismissed"] == [first.pk]
         assert Run.objects.get(pk=run.pk).status == Run.Status.WAITING_APPROVAL
         assert OutboxMessage.objects.count() == 0
 
