@@ -29,7 +29,14 @@ from desk.gates import GateRule, get_gate
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers import ModelRequest
 from desk.tools import ToolContext, ToolRefused, get_tool
-from roles.workflow import RenderError, render_text, render_value, tool_call_refusal
+from roles.workflow import (
+    RenderError,
+    reads_records,
+    render_text,
+    render_value,
+    target_refusal,
+    tool_call_refusal,
+)
 from tenants import locking, rls
 from tenants.locking import Level, lock
 
@@ -59,6 +66,8 @@ class Lease:
     attempt: int
     gated: GateRule | None = None  # set when the step's result must be reviewed to count
     inline: bool = False  # a quick database tool, executed inside the leasing transaction
+    # Earlier steps whose records tool read the tenant's records: a target may read them.
+    record_steps: set[str] = field(default_factory=set)
 
     @property
     def deadline_seconds(self) -> float:
@@ -390,10 +399,24 @@ def _lease(run: Run, steps: list[StepRun], step: StepRun, owner: str) -> Lease |
         attempt=step.attempts,
         gated=rule,
         inline=step.kind == "tool" and _runs_inline(step.rendered["tool"]),
+        record_steps=_record_steps(steps, step),
     )
     if not lease.inline:
         step.save(update_fields=LEASE_FIELDS)
     return lease
+
+
+def _record_steps(steps: list[StepRun], step: StepRun) -> set[str]:
+    """The completed steps before `step` that read records with a records tool, as they ran
+    (their rows, not the bundle, say which tool they called)."""
+    return {
+        s.key
+        for s in steps
+        if s.index < step.index
+        and s.status == StepRun.Status.COMPLETED
+        and s.kind == "tool"
+        and reads_records(s.rendered.get("tool", ""))
+    }
 
 
 LEASE_FIELDS = ["status", "attempts", "lease_owner", "lease_expires_at", "started_at", "rendered"]
@@ -425,7 +448,17 @@ def execute_tool(lease: Lease) -> Outcome:
     try:
         # The pinned version decides: its allow-list (empty allows nothing), its pin of the
         # tool (code that drifted since is refused) and the argument schema it pinned.
-        refusal = tool_call_refusal(run.role_version.definition, name, step.rendered["args"])
+        definition = run.role_version.definition
+        args = step.rendered["args"]
+        # A target (recipient, record reference) that read model output runs only with the
+        # exact arguments a reviewer approved at this step.
+        refusal = tool_call_refusal(definition, name, args) or target_refusal(
+            definition,
+            lease.step_def,
+            args,
+            record_steps=lease.record_steps,
+            approved_here=step.approved_payload is not None,
+        )
         if refusal:
             raise ToolRefused(refusal, data={"tool": name})
         # Beneath the tool's own filters, row-level security keeps every other tenant's rows

@@ -48,7 +48,14 @@ from desk.providers import ModelRequest, Provider, ProviderError, get_provider
 from desk.tools import ToolContext, ToolRefused, get_tool
 from desk.tools.base import DataRead
 from roles.models import RoleVersion
-from roles.workflow import RenderError, schema_errors, tool_call_refusal, validate_json_schema
+from roles.workflow import (
+    RenderError,
+    reads_records,
+    schema_errors,
+    target_refusal,
+    tool_call_refusal,
+    validate_json_schema,
+)
 from tenants import rls
 
 EXPECTATION_KEYS = {
@@ -270,7 +277,23 @@ def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> Non
             result.final_output = response.output
         elif kind == "tool":
             name, args = rendered["tool"], rendered["args"]
-            output, executed = _call_tool(version, step_def, name, args, result)
+            # As at run time: a target that read model output needs this step's own gate
+            # (here approved unchanged), and only earlier records tools' outputs are trusted.
+            record_steps = {
+                s["key"]
+                for s in version.steps[:index]
+                if s["kind"] == "tool" and reads_records(s.get("tool", ""))
+            }
+            refusal = target_refusal(
+                definition,
+                step_def,
+                args,
+                record_steps=record_steps,
+                approved_here=rule is not None and not covered,
+            )
+            output, executed = _call_tool(
+                version, step_def, name, args, result, target_problem=refusal
+            )
             result.tools_called.append(
                 {"step": key, "tool": name, "args": args, "executed": executed}
             )
@@ -283,9 +306,11 @@ def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> Non
             result.final_output = outputs[key]
 
 
-def _call_tool(version, step_def, name: str, args: Any, result: Evaluation) -> tuple[Any, bool]:
+def _call_tool(
+    version, step_def, name: str, args: Any, result: Evaluation, *, target_problem: str = ""
+) -> tuple[Any, bool]:
     key = step_def["key"]
-    refusal = tool_call_refusal(version.definition, name, args)
+    refusal = tool_call_refusal(version.definition, name, args) or target_problem
     if refusal:
         raise _Stop(f"Step '{key}': {refusal}")
     try:

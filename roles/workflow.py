@@ -27,10 +27,23 @@ pin. `approval_rules` only ever tighten the tenant-wide policy (approvals.gate).
 Templates are Jinja in a sandbox: authored text is data, never code. A tool argument
 that is exactly one `{{ expression }}` keeps the expression's native type (a list of ids
 stays a list); any other text renders to a string.
+
+Least privilege: an empty `allowed_tools` or `allowed_data_kinds` allows nothing. A tool
+marks the arguments that say whom or what it acts on (a recipient, a record reference) with
+`"x-desk-target": true` in its `args_schema`. A target may read only the run's input, the
+run's tenant, role and id, records an earlier records tool read, and text written in the
+bundle itself (a fixed internal address, seen by both people who publish the version).
+Anything else (an llm step's output, a checkpoint's, another tool's, `steps` read by a
+computed key) is model output: the step that uses it must be approved itself, so that a
+reviewer sees the rendered value, under an approval rule of the bundle (which gates the
+step whatever the tenant's policy). `validate_definition` checks this on save and the
+runtime again before the tool runs (`target_refusal`), for bundles stored behind
+validation's back.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -38,7 +51,7 @@ import jsonschema
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.module_loading import import_string
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -93,6 +106,14 @@ RULE_SETTINGS: dict[str, type | tuple[type, ...]] = {
 }
 FINAL_ACTIONS = ("hold", "reject")
 DATA_KIND_PATTERN = re.compile(r"^[-a-zA-Z0-9_]+$")
+# The JSON Schema annotation a tool puts on each argument that names whom or what it acts on.
+TARGET_MARK = "x-desk-target"
+# Context roots a target may read without an approval at its step (besides records).
+TRUSTED_ROOTS = frozenset({"input", "tenant", "role", "run"})
+CONTEXT_ROOTS = frozenset({*TRUSTED_ROOTS, "steps"})
+# What a target value may be: an address or a reference, not a document.
+MAX_TARGET_LENGTH = 320
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _validator_class = jsonschema.Draft202012Validator
@@ -196,7 +217,8 @@ def tool_pin(tool: str) -> dict[str, Any]:
     impl = import_string(tool_registry()[tool])
     return {
         "category": getattr(impl, "category", "internal"),
-        "args_schema": getattr(impl, "args_schema", {"type": "object"}),
+        # A copy: a bundle being edited must not alias the tool's class attribute.
+        "args_schema": copy.deepcopy(getattr(impl, "args_schema", {"type": "object"})),
     }
 
 
@@ -218,9 +240,147 @@ def tool_drift(definition: dict[str, Any], tool: str) -> str:
     if tool not in tool_registry():
         return f"the tool '{tool}' is no longer registered"
     current = tool_pin(tool)
-    changed = [part for part in ("category", "args_schema") if pinned.get(part) != current[part]]
+    # A pin saved before tools marked their targets still matches; the marks the code
+    # declares now apply to it anyway (`tool_targets`).
+    changed = [
+        part
+        for part in ("category", "args_schema")
+        if _unmarked(pinned.get(part)) != _unmarked(current[part])
+    ]
     if changed:
         return f"the tool '{tool}' changed its {' and '.join(changed)} since the version was saved"
+    return ""
+
+
+def _unmarked(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _unmarked(v) for k, v in schema.items() if k != TARGET_MARK}
+    if isinstance(schema, list):
+        return [_unmarked(v) for v in schema]
+    return schema
+
+
+def target_args(args_schema: Any) -> set[str]:
+    """The arguments a tool's schema marks as targets (`"x-desk-target": true`)."""
+    properties = args_schema.get("properties") if isinstance(args_schema, dict) else None
+    if not isinstance(properties, dict):
+        return set()
+    return {
+        name
+        for name, prop in properties.items()
+        if isinstance(prop, dict) and prop.get(TARGET_MARK) is True
+    }
+
+
+def tool_targets(definition: dict[str, Any], tool: str) -> set[str]:
+    """The target arguments of `tool` for a version: those its pin marks and those the
+    registered code marks now (the stricter union; a pin cannot unmark a target)."""
+    pinned = ((definition.get("tools") or {}).get(tool) or {}).get("args_schema")
+    path = tool_registry().get(tool)
+    current = getattr(import_string(path), "args_schema", {}) if path else {}
+    return target_args(pinned) | target_args(current)
+
+
+def reads_records(tool: str) -> bool:
+    """Whether the registered `tool` returns the tenant's records (a source of targets)."""
+    path = tool_registry().get(tool)
+    return bool(path and getattr(import_string(path), "reads_records", False))
+
+
+def template_reads(value: Any) -> set[str]:
+    """What a templated argument reads from the run's context, found in its syntax tree:
+    "input", "tenant", "role", "run", "steps.<key>", or "steps.*" for steps read whole or
+    by a computed key. Every read anywhere in the template counts (a `{% set %}`, a loop,
+    a condition), so a value cannot launder where it came from through a local name. A
+    template that does not parse reads "steps.*" (fail closed)."""
+    if isinstance(value, list):
+        return set().union(*(template_reads(item) for item in value))
+    if isinstance(value, dict):
+        return set().union(*(template_reads(item) for item in value.values()))
+    if not isinstance(value, str):
+        return set()
+    try:
+        tree = _env.parse(value)
+    except TemplateSyntaxError:
+        return {"steps.*"}
+    reads: set[str] = set()
+    _collect_reads(tree, reads)
+    return reads
+
+
+def _collect_reads(node: nodes.Node, reads: set[str]) -> None:
+    if isinstance(node, nodes.Getattr | nodes.Getitem) and _is_name(node.node, "steps"):
+        if isinstance(node, nodes.Getattr):
+            reads.add(f"steps.{node.attr}")
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            reads.add(f"steps.{node.arg.value}")
+        else:
+            reads.add("steps.*")
+            _collect_reads(node.arg, reads)
+        return
+    if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in CONTEXT_ROOTS:
+        reads.add("steps.*" if node.name == "steps" else node.name)
+        return
+    for child in node.iter_child_nodes():
+        _collect_reads(child, reads)
+
+
+def _is_name(node: nodes.Node, name: str) -> bool:
+    return isinstance(node, nodes.Name) and node.name == name
+
+
+def untrusted_reads(value: Any, *, record_steps: set[str]) -> list[str]:
+    """The reads of a templated target that need an approval at its step: everything but
+    the input, the run's tenant, role and id, and the steps in `record_steps` (earlier
+    steps whose records tool read the tenant's records)."""
+    return sorted(
+        read
+        for read in template_reads(value)
+        if read not in TRUSTED_ROOTS and read.removeprefix("steps.") not in record_steps
+    )
+
+
+def target_value_problem(value: Any) -> str:
+    """Why a rendered target value is refused ("" when it is not): each text in it must be
+    short (an address or a reference) and free of control characters such as NUL."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        if len(text) > MAX_TARGET_LENGTH:
+            return f"is longer than {MAX_TARGET_LENGTH} characters"
+        if CONTROL_CHARACTER.search(text):
+            return "contains a control character"
+    return ""
+
+
+def target_refusal(
+    definition: dict[str, Any],
+    step_def: dict[str, Any],
+    args: Any,
+    *,
+    record_steps: set[str],
+    approved_here: bool,
+) -> str:
+    """Why this step may not act on the targets in `args` ("" when it may): a target read
+    model output (per its template in `step_def`) and the call was not approved at this
+    step, or a target value is overlong or holds control characters. `approved_here`: a
+    reviewer approved these exact arguments at this step."""
+    tool = step_def.get("tool", "")
+    key = step_def.get("key", "")
+    templates = step_def.get("args") if isinstance(step_def.get("args"), dict) else {}
+    values = args if isinstance(args, dict) else {}
+    for name in sorted(tool_targets(definition, tool)):
+        if not approved_here and name in templates:
+            reads = untrusted_reads(templates[name], record_steps=record_steps)
+            if reads:
+                return (
+                    f"Refused: the target '{name}' of step '{key}' reads {', '.join(reads)} "
+                    "(model output) and was not approved at this step."
+                )
+        problem = target_value_problem(values.get(name))
+        if problem:
+            return f"Refused: the target '{name}' of step '{key}' {problem}."
     return ""
 
 
@@ -316,6 +476,61 @@ def _check_rules(rules: Any, errors: list[str]) -> None:
             errors.append(f"{where}: 'final_action' must be hold or reject.")
 
 
+def _ruled_categories(rules: Any) -> set[str]:
+    """The categories the bundle's own approval rules gate (whatever the tenant's policy)."""
+    if not isinstance(rules, list):
+        return set()
+    return {r.get("category") for r in rules if isinstance(r, dict)} & set(CATEGORIES)
+
+
+def _check_targets(
+    step: dict[str, Any],
+    args: dict[str, Any],
+    *,
+    where: str,
+    record_steps: set[str],
+    ruled: set[str],
+    errors: list[str],
+) -> None:
+    """A target that reads model output must be approved at its own step, under a rule of
+    the bundle's (the tenant's policy alone may let the category run unreviewed)."""
+    impl = import_string(tool_registry()[step["tool"]])
+    category = step.get("category")
+    for name in sorted(target_args(getattr(impl, "args_schema", {}))):
+        if name not in args:
+            continue
+        reads = untrusted_reads(args[name], record_steps=record_steps)
+        if not reads:
+            continue
+        needs = []
+        if step.get("covered_by") is not None:
+            needs.append(f"not be covered by '{step['covered_by']}'")
+        if category not in ruled:
+            needs.append(f"have an approval rule for '{category}' in 'approval_rules'")
+        if needs:
+            errors.append(
+                f"{where}: the target '{name}' reads {', '.join(reads)}, which is model output "
+                "(only input, records a records tool read and fixed text are trusted); "
+                f"a reviewer must approve the rendered value at this step, so the step must "
+                f"{' and '.join(needs)}."
+            )
+
+
+def _check_data_kinds(tool: str, args: Any, kinds: Any, *, where: str, errors: list[str]) -> None:
+    """A records tool needs a data kind to read; a fixed `kind` must be one of them."""
+    if not isinstance(kinds, list):
+        return
+    if not kinds:
+        errors.append(
+            f"{where}: '{tool}' reads records, but 'allowed_data_kinds' is empty "
+            "(an empty list allows nothing)."
+        )
+        return
+    kind = args.get("kind") if isinstance(args, dict) else None
+    if isinstance(kind, str) and "{" not in kind and kind not in kinds:
+        errors.append(f"{where}: the kind '{kind}' is not in 'allowed_data_kinds'.")
+
+
 def validate_definition(definition: Any) -> None:
     """Check a role bundle; raise ValidationError listing every problem found."""
     errors: list[str] = []
@@ -337,6 +552,9 @@ def validate_definition(definition: Any) -> None:
         steps = []
     seen: set[str] = set()
     gated_candidates: set[str] = set()
+    record_steps: set[str] = set()
+    ruled = _ruled_categories(definition.get("approval_rules"))
+    data_kinds = definition.get("allowed_data_kinds", [])
     tools = tool_registry()
     for index, step in enumerate(steps, start=1):
         where = f"Step {index}"
@@ -396,6 +614,18 @@ def validate_definition(definition: Any) -> None:
                     missing = [name for name in required if name not in args]
                     if missing:
                         errors.append(f"{where}: '{tool}' needs the args {', '.join(missing)}.")
+                    _check_targets(
+                        step,
+                        args,
+                        where=where,
+                        record_steps=record_steps,
+                        ruled=ruled,
+                        errors=errors,
+                    )
+                if reads_records(tool):
+                    _check_data_kinds(tool, args, data_kinds, where=where, errors=errors)
+                    if isinstance(key, str):
+                        record_steps.add(key)
         elif kind == "review" and "instructions" in step:
             _check_template(step["instructions"], where=f"{where} instructions", errors=errors)
         if "reason" in step and not isinstance(step["reason"], str):

@@ -84,8 +84,14 @@ class Tool(ABC):
     # sends client e-mail is client communication, whatever its author calls it.
     category = "internal"
     # JSON Schema of the arguments: a reviewer's edit of a gated call is checked against it.
+    # Each argument that says whom or what the tool acts on (a recipient, a URL, a record
+    # reference or the e-mail a search matches) carries `"x-desk-target": true`: it may take
+    # its value only from the run's input, records, fixed text or an approval at its step
+    # (roles.workflow). A new tool marks its targets, or they go unchecked.
     args_schema: dict[str, Any] = {"type": "object"}
     has_side_effects = False
+    # The output is the tenant's own records: later steps may take targets from it.
+    reads_records = False
     # Quick database work: executed inside the step's leasing transaction. A tool that
     # waits on the network sets this False and runs outside any transaction, under a lease.
     runs_inline = True

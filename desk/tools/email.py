@@ -16,7 +16,7 @@ class EmailSend(Tool):
     args_schema = {
         "type": "object",
         "properties": {
-            "to": {"type": "string", "format": "email", "title": "To"},
+            "to": {"type": "string", "format": "email", "title": "To", "x-desk-target": True},
             "subject": {"type": "string", "minLength": 1, "maxLength": 200, "title": "Subject"},
             "body": {"type": "string", "minLength": 1, "title": "Body"},
         },

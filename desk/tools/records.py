@@ -22,11 +22,12 @@ class RecordsSearch(Tool):
     description = "Find the tenant's client records by e-mail address and/or text."
     required_args = ()
     category = "data_access"
+    reads_records = True
     args_schema = {
         "type": "object",
         "properties": {
-            "email": {"type": "string", "title": "E-mail"},
-            "query": {"type": "string", "title": "Name contains"},
+            "email": {"type": "string", "title": "E-mail", "x-desk-target": True},
+            "query": {"type": "string", "title": "Name contains", "x-desk-target": True},
             "kind": {"type": ["string", "null"], "title": "Kind"},
         },
         "additionalProperties": False,
@@ -59,6 +60,7 @@ class RecordsGet(Tool):
     description = "Read the tenant's client records by reference."
     required_args = ("references",)
     category = "data_access"
+    reads_records = True
     args_schema = {
         "type": "object",
         "properties": {
@@ -66,6 +68,7 @@ class RecordsGet(Tool):
                 "type": ["array", "string"],
                 "items": {"type": "string"},
                 "title": "References",
+                "x-desk-target": True,
             },
         },
         "required": ["references"],

@@ -557,6 +557,7 @@ class TestFailClosed:
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
         assert "may not use the tool 'records.search'" in run.error
+        assert AuditEvent.objects.filter(run_id=run.pk, action="tool.refused").count() == 1
         assert not AuditEvent.objects.filter(run_id=run.pk, action="data.read").exists()
 
     def test_an_empty_data_kinds_list_reads_nothing(self, harbor):
@@ -573,6 +574,8 @@ class TestFailClosed:
 
         run.refresh_from_db()
         assert run.status == Run.Status.FAILED
+        assert "its allowed data kinds are empty" in run.error
+        assert AuditEvent.objects.filter(run_id=run.pk, action="tool.refused").count() == 1
         assert not AuditEvent.objects.filter(run_id=run.pk, action="data.read").exists()
 
 

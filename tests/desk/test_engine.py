@@ -248,7 +248,9 @@ User = get_user_model()
 
 
 class TestToolBoundaries:
-    def _role_with(self, tenant, *, slug, steps_def, allowed_tools, data_kinds=()):
+    def _role_with(
+        self, tenant, *, slug, steps_def, allowed_tools, data_kinds=(), stored_kinds=None
+    ):
         from roles.services import create_role
 
         role = create_role(tenant=tenant, slug=slug, name=slug, actor=Actor.system("tests"))
@@ -269,6 +271,8 @@ class TestToolBoundaries:
         bundle = version.definition
         bundle["allowed_tools"] = allowed_tools
         bundle["tools"] = {k: v for k, v in bundle["tools"].items() if k in allowed_tools}
+        if stored_kinds is not None:
+            bundle["allowed_data_kinds"] = stored_kinds
         RoleVersion.objects.filter(pk=version.pk).update(definition=bundle)
         return Role.objects.get(pk=role.pk)
 
@@ -348,7 +352,8 @@ class TestToolBoundaries:
                 }
             ],
             allowed_tools=["records.search"],
-            data_kinds=["contact"],
+            data_kinds=["contact", "matter"],
+            stored_kinds=["contact"],
         )
         run = start_run(
             tenant=harbor, role=role, input={}, actor=Actor.system("tests"), via="command"

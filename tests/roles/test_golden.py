@@ -368,7 +368,14 @@ def test_an_empty_tool_allow_list_allows_nothing(role, users):
 
 def test_an_empty_data_kinds_list_reads_nothing_and_the_refusal_is_audited(role, users, harbor):
     add_case(role, users, expectations={})
-    draft = draft_of(role, users, allowed_data_kinds=[])
+    with pytest.raises(ValidationError, match="'allowed_data_kinds' is empty"):
+        draft_of(role, users, allowed_data_kinds=[])
+    # Stored behind validation's back, the suite still reads nothing.
+    draft = draft_of(role, users, system="Another")
+    RoleVersion.objects.filter(pk=draft.pk).update(
+        definition={**draft.definition, "allowed_data_kinds": []}
+    )
+    draft.refresh_from_db()
 
     suite = run(draft, users)
 
@@ -377,6 +384,24 @@ def test_an_empty_data_kinds_list_reads_nothing_and_the_refusal_is_audited(role,
     assert AuditEvent.objects.filter(
         tenant=harbor, action="data.refused", object_id=str(result.pk)
     ).exists()
+
+
+def test_a_stored_draft_sending_to_a_model_chosen_recipient_is_refused(role, users):
+    add_case(role, users, subject="attacker@evil.example")  # the draft's subject holds it
+    draft = draft_of(role, users, system="Another")
+    bundle = draft.definition
+    next(s for s in bundle["steps"] if s["key"] == "send")["args"]["to"] = (
+        "{{ steps.draft.subject }}"
+    )
+    RoleVersion.objects.filter(pk=draft.pk).update(definition=bundle)
+    draft.refresh_from_db()
+
+    suite = run(draft, users)
+
+    result = suite.results.get()
+    assert result.status == CaseResult.Status.ERROR
+    assert "the target 'to' of step 'send' reads steps.draft (model output)" in result.error
+    assert not golden.regression_gate(draft).ok
 
 
 def test_reads_are_audited_naming_the_golden_case(role, users, harbor):
