@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PG_URL ?= postgres://postgres@127.0.0.1:5432/agentdesk
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite test-postgres lint format bench clean
+.PHONY: run test check-deploy test-sqlite test-postgres lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run` is development: DESK_DEBUG on, so a development secret key and plain-http
+# cookies on http://127.0.0.1 (production is DESK_DEBUG off: README "Production settings").
+run: export DESK_DEBUG ?= 1
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py audit_key --create
 	$(PY) manage.py seed_demo
 	$(PY) manage.py serve_all
 
-test: $(STAMP) lint test-sqlite test-postgres
+test: $(STAMP) lint check-deploy test-sqlite test-postgres
+
+# Django's deploy checks on the production defaults (a clean environment: DESK_DEBUG off, a
+# fresh secret key, nothing else set); any warning fails.
+check-deploy: $(STAMP)
+	env -i PATH="$$PATH" HOME="$$HOME" \
+		DESK_SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		$(PY) manage.py check --deploy --fail-level WARNING
 
 test-sqlite: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q

@@ -162,7 +162,7 @@ class AuditEventAdmin(TenantScopedAdmin, admin.ModelAdmin):
     @admin.display(description="time", ordering="created_at")
     def when(self, obj):
         moment = timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
-        return format_html('<span style="white-space: nowrap">{}</span>', moment)
+        return format_html('<span class="desk-nowrap">{}</span>', moment)
 
     @admin.display(description="actor", ordering="actor_label")
     def actor(self, obj):

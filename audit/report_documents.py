@@ -12,13 +12,23 @@ import logging
 import zipfile
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
 
 logger = logging.getLogger(__name__)
 
 DOCUMENT_TEMPLATE = "admin/audit/reports/document.html"
+# The reports' styles: the admin page links this static file; the document carries it inline.
+STYLESHEET = Path(__file__).resolve().parent / "static" / "audit" / "report.css"
+
+
+@cache
+def stylesheet() -> SafeString:
+    """The reports' CSS, for the document's <style> (our own file, not user input)."""
+    return mark_safe(STYLESHEET.read_text(encoding="utf-8"))
 
 
 @cache
@@ -41,7 +51,13 @@ def render_html(*, body_template: str, title: str, context: dict[str, Any]) -> b
     """The report as one HTML file that needs nothing else to be read or printed."""
     html = render_to_string(
         DOCUMENT_TEMPLATE,
-        {**context, "title": title, "body_template": body_template, "standalone": True},
+        {
+            **context,
+            "title": title,
+            "body_template": body_template,
+            "standalone": True,
+            "stylesheet": stylesheet(),
+        },
     )
     return html.encode("utf-8")
 

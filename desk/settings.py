@@ -5,6 +5,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_HASHES
+
+from desk import secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DESK_VAR_DIR", BASE_DIR / "var"))
@@ -18,13 +21,13 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None or not value.strip() else int(value)
+
+
+# Off means production: see "Production security" below.
 DEBUG = env_bool("DESK_DEBUG", False)
-SECRET_KEY = os.environ.get("DESK_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG and os.environ.get("DESK_REQUIRE_SECRET_KEY"):
-        raise RuntimeError("DESK_SECRET_KEY must be set")
-    # Development fallback; production sets DESK_SECRET_KEY (README "Production").
-    SECRET_KEY = "agentdesk-insecure-development-key"
 
 ALLOWED_HOSTS = [
     h for h in os.environ.get("DESK_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h
@@ -49,15 +52,19 @@ INSTALLED_APPS = [
     "approvals",
     "audit",
     "webhooks",
+    "csp",  # django-csp: its checks (see "Production security")
 ]
 
 MIDDLEWARE = [
     "audit.context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "desk.session_lifetime.SessionLifetimeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
@@ -132,6 +139,109 @@ EMAIL_FILE_PATH = VAR_DIR / "outbox-mail"
 # A hand-over to the mail server that takes longer fails (and is retried, or escalated).
 EMAIL_TIMEOUT = int(os.environ.get("DESK_EMAIL_TIMEOUT", "20"))
 DEFAULT_FROM_EMAIL = os.environ.get("DESK_FROM_EMAIL", "agentdesk@localhost")
+
+# --- Production security ---------------------------------------------------------------
+# With DESK_DEBUG off AgentDesk is in production: it refuses to start without a secret key
+# of its own, answers over HTTPS only, and its cookies and headers say so. Development
+# (DESK_DEBUG on: `make run`) keeps plain-http cookies, so http://127.0.0.1 works. Every
+# variable is in the README ("Production settings"); `make check-deploy` runs Django's
+# deploy checks on these settings and fails on any warning.
+
+SECRET_KEY = secret_key.load(os.environ, debug=DEBUG)
+
+# HTTPS. The redirect answers plain http with a 301 to https; /healthz is exempt so that a
+# load balancer may probe over plain http.
+SECURE_SSL_REDIRECT = env_bool("DESK_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [
+    r for r in os.environ.get("DESK_SSL_REDIRECT_EXEMPT", r"^healthz$").split(",") if r
+]
+SECURE_HSTS_SECONDS = env_int("DESK_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DESK_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the domain and every subdomain to HTTPS in browsers for months, and is
+# hard to undo: the domain's owner decides. While it is off, Django's deploy check that only
+# asks for it (W021) is silenced.
+SECURE_HSTS_PRELOAD = env_bool("DESK_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Off unless set, and set it only behind a proxy that terminates TLS and always sets (or
+# strips) this header: otherwise any client could send it and pass a plain-http request off
+# as https. "X-Forwarded-Proto" means "X-Forwarded-Proto: https"; "Name: value" names both.
+DESK_PROXY_SSL_HEADER = os.environ.get("DESK_PROXY_SSL_HEADER", "").strip()
+if DESK_PROXY_SSL_HEADER:
+    _name, _, _value = DESK_PROXY_SSL_HEADER.partition(":")
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _name.strip().upper().replace("-", "_"),
+        _value.strip() or "https",
+    )
+
+# Cookies: https only in production, out of scripts' reach, not sent with cross-site POSTs.
+# Lax, not Strict: a reviewer opening a notification e-mail's review link
+# (approvals.links.review_url) arrives from another site; under Strict the session cookie
+# would be withheld and a signed-in reviewer asked to sign in again. Lax still withholds
+# cookies from cross-site POSTs, and every state change here is a POST with a CSRF token.
+SESSION_COOKIE_SECURE = env_bool("DESK_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Sessions end after DESK_SESSION_IDLE_MINUTES without a request (each request saves the
+# session, pushing its expiry on), and DESK_SESSION_MAX_HOURS after sign-in whatever the
+# activity (desk.session_lifetime), not Django's 14 days.
+SESSION_COOKIE_AGE = 60 * env_int("DESK_SESSION_IDLE_MINUTES", 30)
+SESSION_SAVE_EVERY_REQUEST = True
+DESK_SESSION_MAX_SECONDS = 3600 * env_int("DESK_SESSION_MAX_HOURS", 12)
+
+# Headers (SecurityMiddleware, XFrameOptionsMiddleware): no MIME sniffing, no framing, no
+# shared browsing context with other sites' windows, referrers only within this origin.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content Security Policy (django-csp): scripts, styles, images and fonts from this origin
+# only; no inline script, no event-handler attribute, no javascript: URL, no plugin, no
+# <base>, no framing, forms post back here only. The one inline style attribute allowed is
+# django-simple-history's history-page paginator (`style="border-top: 0"`), by its hash.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_HASHES, "'sha256-XMXSevYjgSjXgRafBFDvtjwX+yyWLrxfso9DcNZ9UXM='"],
+        "img-src": [SELF],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
+
+# Permissions-Policy (django-permissions-policy): no page here may use any of these.
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "encrypted-media",
+        "fullscreen",
+        "geolocation",
+        "gyroscope",
+        "hid",
+        "idle-detection",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "screen-wake-lock",
+        "serial",
+        "usb",
+        "xr-spatial-tracking",
+    )
+}
 
 # --- AgentDesk -------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
+from django.contrib.staticfiles import finders
 
 from desk.demo import INTAKE_DEFINITION
 from roles.diff import (
@@ -223,4 +225,9 @@ def test_the_html_escapes_what_the_bundle_says(old, new):
     assert "<b>bold</b>" not in html
     assert '<span class="add">+&lt;script&gt;' in html
     assert 'class="desk-diff-kind added"' in html
-    assert "var(--message-success-bg)" in html  # the admin's colours: light and dark themes
+    # The admin's colours (light and dark themes), from the stylesheet: the page's CSP
+    # allows no inline <style>.
+    assert "<style" not in html
+    stylesheet = finders.find("desk/admin.css")
+    assert ".desk-diff-lines .add" in Path(stylesheet).read_text()
+    assert "var(--message-success-bg)" in Path(stylesheet).read_text()
