@@ -29,10 +29,12 @@ class RunReportForm(TenantReportForm):
 
 
 class PeriodForm(TenantReportForm):
-    since = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    since = forms.DateField(
+        label="From", widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+    )
     until = forms.DateField(
         label="To",
-        widget=forms.DateInput(attrs={"type": "date"}),
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
         help_text="Included: the report covers whole days, from 00:00:00 to 23:59:59.",
     )
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,8 @@ PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgres://postgres@127.0.0.1:543
 REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379").rstrip("/")
 
 T = TypeVar("T")
+# Production settings refuse to start without a real secret key: one for this bench run.
+SECRET_KEY = secrets.token_urlsafe(50)
 
 
 class BenchError(RuntimeError):
@@ -412,6 +415,7 @@ def setup_django(db: BenchDB, *, redis_db: int, llm: str = "offline", base_url: 
     os.environ["DESK_LLM_PROVIDER"] = llm
     os.environ["BENCH_REDIS_URL"] = redis_url(redis_db)
     os.environ["DESK_LOG_LEVEL"] = "WARNING"
+    os.environ["DESK_SECRET_KEY"] = SECRET_KEY
     if base_url:
         os.environ["OPENAI_BASE_URL"] = base_url
     os.environ.pop("REDIS_URL", None)
@@ -467,6 +471,7 @@ def child_env(db: BenchDB, *, redis_url: str | None, **overrides: str | None) ->
         DESK_LOG_LEVEL="INFO",
         DESK_Q_WORKERS="2",
         DESK_LLM_PROVIDER="offline",
+        DESK_SECRET_KEY=SECRET_KEY,
     )
     if redis_url:
         env["REDIS_URL"] = redis_url

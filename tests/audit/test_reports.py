@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import socket
 import zipfile
 from contextlib import contextmanager
@@ -741,3 +742,14 @@ class TestDownload:
         assert response.status_code == 503
         assert "cannot be signed" in page_text(response)
         assert not AuditEvent.objects.filter(action="audit.report_generated").exists()
+
+
+def test_the_period_fields_show_their_dates_in_the_format_a_date_input_takes(client, auditor):
+    # A browser's <input type="date"> takes only YYYY-MM-DD: a value in the display format
+    # (01/12/2026) leaves the field empty.
+    response = client.get(url("reads"))
+
+    assert response.status_code == 200
+    values = re.findall(r'<input type="date" name="(?:since|until)" value="([^"]*)"', response.text)
+    assert len(values) == 2
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) for value in values), values
