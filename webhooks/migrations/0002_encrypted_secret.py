@@ -1,0 +1,78 @@
+# Webhook signing secrets are stored encrypted (tenants.encryption): existing plain secrets
+# are encrypted in place. That needs a key: with endpoints to encrypt and no key, the
+# migration stops and says how to make one (`manage.py secrets_key --create`, which `make
+# run` does before migrating); nothing is changed then.
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import migrations, models
+
+from tenants import encryption, rls
+
+PURPOSE = "webhook_secret"  # webhooks.models.SECRET_PURPOSE when this was written
+
+
+def encrypt_secrets(apps, schema_editor):
+    with rls.platform_context():  # every tenant's endpoints (row-level security)
+        _encrypt(apps.get_model("webhooks", "WebhookEndpoint"))
+
+
+def _encrypt(Endpoint):
+    plain = Endpoint.objects.exclude(encrypted_secret__startswith=encryption.PREFIX)
+    if not plain.exists():
+        return
+    try:
+        encryption.keys()
+    except encryption.SecretsError as exc:
+        raise ImproperlyConfigured(
+            f"Webhook secrets are to be encrypted, but: {exc}"
+        ) from None
+    for endpoint in plain.only("pk", "tenant_id", "encrypted_secret").iterator():
+        Endpoint.objects.filter(pk=endpoint.pk).update(
+            encrypted_secret=encryption.seal(
+                endpoint.encrypted_secret, tenant_id=endpoint.tenant_id, purpose=PURPOSE
+            )
+        )
+
+
+def decrypt_secrets(apps, schema_editor):
+    Endpoint = apps.get_model("webhooks", "WebhookEndpoint")
+    with rls.platform_context():
+        sealed = Endpoint.objects.filter(encrypted_secret__startswith=encryption.PREFIX)
+        for endpoint in sealed.only("pk", "tenant_id", "encrypted_secret").iterator():
+            Endpoint.objects.filter(pk=endpoint.pk).update(
+                encrypted_secret=encryption.open_sealed(
+                    endpoint.encrypted_secret, tenant_id=endpoint.tenant_id, purpose=PURPOSE
+                )
+            )
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("webhooks", "0001_initial"),
+    ]
+
+    operations = [
+        migrations.RemoveConstraint(
+            model_name="webhookendpoint",
+            name="webhookendpoint_secret_format",
+        ),
+        migrations.RenameField(
+            model_name="webhookendpoint",
+            old_name="secret",
+            new_name="encrypted_secret",
+        ),
+        migrations.AlterField(
+            model_name="webhookendpoint",
+            name="encrypted_secret",
+            field=models.TextField(),
+        ),
+        migrations.RunPython(encrypt_secrets, decrypt_secrets),
+        migrations.AddConstraint(
+            model_name="webhookendpoint",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("encrypted_secret__startswith", "fernet:")),
+                name="webhookendpoint_secret_encrypted",
+            ),
+        ),
+    ]
