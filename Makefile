@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(PY) manage.py secrets_key --create
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py audit_key --create
 	$(PY) manage.py seed_demo

@@ -97,7 +97,8 @@ def keys() -> tuple[str, ...]:
     if not found:
         raise SecretKeyMissing(
             f"No key to encrypt secrets with: create one with `manage.py secrets_key --create` "
-            f"(it is written to {key_path()}) or set {ENV_KEYS}. Nothing was saved or sent."
+            f"(it is written to {key_path()}) or set {ENV_KEYS}. No secret is saved or used "
+            "without one."
         )
     return found
 
