@@ -75,7 +75,8 @@ def _parse(lines: list[str], where: str) -> tuple[str, ...]:
 
 
 @cache
-def _file_keys(path: Path, mtime_ns: int) -> tuple[str, ...]:
+def _file_keys(path: Path, version: tuple[int, int, int]) -> tuple[str, ...]:
+    # Cached per version of the file (inode, size, mtime): a rotation is seen at once.
     return _parse(path.read_text().splitlines(), str(path))
 
 
@@ -89,11 +90,11 @@ def keys() -> tuple[str, ...]:
     else:
         path = key_path()
         try:
-            mtime_ns = path.stat().st_mtime_ns
+            stat = path.stat()
         except FileNotFoundError:
             found = ()
         else:
-            found = _file_keys(path, mtime_ns)
+            found = _file_keys(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
     if not found:
         raise SecretKeyMissing(
             f"No key to encrypt secrets with: create one with `manage.py secrets_key --create` "
@@ -107,8 +108,9 @@ def _fernet() -> MultiFernet:
     return MultiFernet([Fernet(key) for key in keys()])
 
 
-def _write_keys(path: Path, keys: list[str]) -> None:
-    """Replace the key file in one step (a crash leaves the old file or the new one)."""
+def _write_keys(path: Path, keys: list[str], *, exclusive: bool = False) -> None:
+    """Replace the key file in one step (a crash leaves the old file or the new one); with
+    `exclusive`, only write one where there is none (raises FileExistsError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -120,7 +122,11 @@ def _write_keys(path: Path, keys: list[str]) -> None:
             )
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, path)
+        if exclusive:
+            os.link(temporary, path)  # fails if another process made one meanwhile
+            os.unlink(temporary)
+        else:
+            os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -146,9 +152,10 @@ def create_key_file() -> bool:
     Raises SecretsError when the keys come from the environment instead.
     """
     path = writable_key_file("manage")
-    if path.exists():
+    try:
+        _write_keys(path, [Fernet.generate_key().decode()], exclusive=True)
+    except FileExistsError:
         return False
-    _write_keys(path, [Fernet.generate_key().decode()])
     return True
 
 
