@@ -211,13 +211,18 @@ class TenantAdmin(TenantScopedHistoryAdmin):
             return [(None, {"fields": ("name", "slug", "first_operator")}), *settings]
         budget = ("monthly_token_budget", "monthly_cost_budget", "budget_lifted_until")
         settings[1] = ("Budget", {"fields": budget})
+        fieldsets = [
+            (None, {"fields": ("name", "slug", "status", "created_at")}),
+            ("Now", {"fields": CAPACITY_NOW}),
+            *settings,
+        ]
+        if getattr(request, "desk_history_version", False):
+            return fieldsets  # history keeps no key: a past version cannot say if it had one
         # Who may change the tenant (its operators) may set its key; others see whether it is.
         may_change = self.has_change_permission(request, obj)
         provider = PROVIDER_KEY_FIELDS if may_change else PROVIDER_KEY_FIELDS[:1]
         return [
-            (None, {"fields": ("name", "slug", "status", "created_at")}),
-            ("Now", {"fields": CAPACITY_NOW}),
-            *settings,
+            *fieldsets,
             (
                 "Model provider",
                 {
@@ -228,6 +233,10 @@ class TenantAdmin(TenantScopedHistoryAdmin):
                 },
             ),
         ]
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        request.desk_history_version = True
+        return super().history_form_view(request, object_id, version_id, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:

@@ -191,6 +191,27 @@ def tenant_form(tenant, **overrides) -> dict:
     }
 
 
+def test_the_webhook_pages_never_show_the_secret_or_its_ciphertext(
+    client, users, harbor, receiver, ops
+):
+    endpoint, secret = make_endpoint(harbor, receiver, ops)
+    client.force_login(users["ops"])
+
+    pages = [
+        client.get(reverse("admin:webhooks_webhookendpoint_changelist")),
+        client.get(reverse("admin:webhooks_webhookendpoint_change", args=[endpoint.pk])),
+        client.get(reverse("admin:webhooks_webhookendpoint_history", args=[endpoint.pk])),
+        client.get(reverse("admin:webhooks_webhookendpoint_changelist"), {"q": secret[:12]}),
+    ]
+
+    for page in pages:
+        html = page.content.decode()
+        assert page.status_code == 200
+        assert secret not in html and endpoint.encrypted_secret not in html
+    assert endpoint.encrypted_secret[:20] not in pages[1].content.decode()
+    assert pages[3].context["cl"].result_count == 0  # the secret is not searchable either
+
+
 # --- binding ----------------------------------------------------------------------------
 
 
@@ -450,6 +471,7 @@ def test_the_change_form_never_shows_the_provider_key(client, users, harbor):
         assert HARBOR_KEY not in html and NORTHWIND_KEY not in html
         assert harbor.provider_api_key_encrypted not in html
     assert "Set (last changed" in pages[0].content.decode()
+    assert "provider API key" not in pages[2].content.decode()  # a past version says nothing
     assert 'type="password"' in pages[0].content.decode()
     assert "priority_weight" in refused.context["adminform"].form.errors
     assert AuditEvent.objects.filter(action="tenant.provider_key_set").count() == 1
