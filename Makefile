@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 # cookies on http://127.0.0.1 (production is DESK_DEBUG off: README "Production settings").
 run: export DESK_DEBUG ?= 1
 run: $(STAMP)
+	$(PY) manage.py secrets_key --create
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py audit_key --create
 	$(PY) manage.py seed_demo

@@ -302,6 +302,21 @@ DESK_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("DESK_WEBHOOK_TIMEOUT_SECOND
 DESK_WEBHOOK_ALLOW_HTTP = env_bool("DESK_WEBHOOK_ALLOW_HTTP", DEBUG)
 DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("DESK_WEBHOOK_ALLOW_PRIVATE_NETWORKS", DEBUG)
 
+# --- Secrets at rest -------------------------------------------------------------------
+# Tenants' secrets (webhook signing secrets, model provider API keys) are stored encrypted
+# (tenants.encryption). The Fernet keys, newest first: DESK_SECRETS_KEYS (comma-separated)
+# when set, else the key file (one a line; `manage.py secrets_key --create` makes it).
+# Without a key no secret is saved or used.
+DESK_SECRETS_KEYS = os.environ.get("DESK_SECRETS_KEYS", "").strip()
+DESK_SECRETS_KEY_FILE = Path(os.environ.get("DESK_SECRETS_KEY_FILE", VAR_DIR / "secrets.keys"))
+# Every field that holds such a secret ("app.Model.field"): a rotation re-encrypts them all.
+DESK_SECRETS_FIELDS = [
+    "tenants.Tenant.provider_api_key_encrypted",
+    "webhooks.WebhookEndpoint.encrypted_secret",
+]
+# How many stored secrets a re-encryption (`secrets_key --rotate`) rewrites per transaction.
+DESK_SECRETS_REENCRYPT_BATCH = int(os.environ.get("DESK_SECRETS_REENCRYPT_BATCH", "500"))
+
 # --- django-q2 -------------------------------------------------------------------------
 
 DESK_TASK_TIMEOUT = int(os.environ.get("DESK_TASK_TIMEOUT", "600"))

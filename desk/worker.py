@@ -27,7 +27,7 @@ from django.db.models.functions import RowNumber
 
 from desk import cluster, doorbell, engine, services
 from desk.models import Run, StepRun
-from desk.providers import ProviderError, get_provider
+from desk.providers import ProviderError, aclose_providers, get_provider
 from tenants import rls
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ async def _execute(lease: engine.Lease, limits: Limits) -> engine.Outcome:
             limits.in_flight += 1
             limits.peak = max(limits.peak, limits.in_flight)
             try:
-                response = await get_provider().acomplete(engine.model_request(lease))
+                # The tenant's own provider (its API key): loaded with the run, never shared.
+                provider = get_provider(tenant=lease.run.tenant)
+                response = await provider.acomplete(engine.model_request(lease))
             finally:
                 limits.in_flight -= 1
     except ProviderError as exc:
@@ -223,9 +225,7 @@ async def _work(seed: list[tuple[int, int]], batch: int, only) -> dict[str, int]
             await asyncio.gather(*task.deliveries)
     finally:
         heartbeat.cancel()
-        provider = get_provider()
-        if hasattr(provider, "aclose"):
-            await provider.aclose()
+        await aclose_providers()
     if task.out_of_time() and await db(ready_runs)(limit=1, exclude=idle, only=only):
         await db(doorbell.ring_work_now)()
     return {"steps": settled, "peak_model_calls": task.limits.peak}

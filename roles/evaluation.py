@@ -211,9 +211,9 @@ def evaluate(
 ) -> Evaluation:
     """Walk `version`'s steps on `input` and check `expectations`; never writes, never
     raises for what the version or the case does (that is the result's status)."""
-    provider = provider or get_provider()
     result = Evaluation()
     try:
+        provider = provider or _tenant_provider(version)
         _walk(version, input, provider, result)
     except _Stop as stop:
         result.status = stop.status
@@ -225,6 +225,16 @@ def evaluate(
     _check(result, expectations, provider, model=model)
     result.status = "passed" if all(c["ok"] for c in result.checks) else "failed"
     return result
+
+
+def _tenant_provider(version: RoleVersion) -> Provider:
+    """The tenant's own provider (its API key, if it has one)."""
+    with rls.tenant_context(version.tenant_id):
+        tenant = version.tenant
+    try:
+        return get_provider(tenant=tenant)
+    except ProviderError as exc:
+        raise _Stop(f"The model provider cannot be used: {exc}") from exc
 
 
 def _walk(version: RoleVersion, input: Any, provider, result: Evaluation) -> None:

@@ -38,6 +38,7 @@ from tenants.selectors import active_tenants, break_glass_tenants, open_break_gl
 from tenants.services import (
     TENANT_SETTINGS,
     change_membership_kind,
+    clear_provider_api_key,
     close_break_glass,
     create_api_key,
     create_tenant,
@@ -46,6 +47,7 @@ from tenants.services import (
     open_break_glass,
     revoke_api_key,
     revoke_membership,
+    set_provider_api_key,
     update_tenant_settings,
     upsert_client_record,
 )
@@ -110,6 +112,39 @@ class TenantAddForm(forms.ModelForm):
         fields = ("name", "slug", *sorted(TENANT_SETTINGS))
 
 
+class TenantChangeForm(forms.ModelForm):
+    """A tenant's settings, and its model provider API key: write-only (a password input that
+    is never filled in, not even when the page comes back with an error)."""
+
+    provider_api_key = forms.CharField(
+        label="New provider API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(
+            render_value=False, attrs={"autocomplete": "new-password", "spellcheck": "false"}
+        ),
+        help_text="Enter a key to replace the tenant's; leave blank to keep it as it is.",
+    )
+    clear_provider_api_key = forms.BooleanField(
+        label="Remove the tenant's provider API key",
+        required=False,
+        help_text="Its model calls then use the platform's key.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ()
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("provider_api_key") and cleaned.get("clear_provider_api_key"):
+            raise ValidationError("Enter a new provider API key or remove it, not both.")
+        return cleaned
+
+
+PROVIDER_KEY_FIELDS = ("provider_key_status", "provider_api_key", "clear_provider_api_key")
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedHistoryAdmin):
     tenant_field = "id"
@@ -148,8 +183,7 @@ class TenantAdmin(TenantScopedHistoryAdmin):
         return super().has_view_permission(request, obj)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = TenantAddForm
+        kwargs["form"] = TenantAddForm if obj is None else TenantChangeForm
         return super().get_form(request, obj, change, **kwargs)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
@@ -177,18 +211,55 @@ class TenantAdmin(TenantScopedHistoryAdmin):
             return [(None, {"fields": ("name", "slug", "first_operator")}), *settings]
         budget = ("monthly_token_budget", "monthly_cost_budget", "budget_lifted_until")
         settings[1] = ("Budget", {"fields": budget})
-        return [
+        fieldsets = [
             (None, {"fields": ("name", "slug", "status", "created_at")}),
             ("Now", {"fields": CAPACITY_NOW}),
             *settings,
         ]
+        if getattr(request, "desk_history_version", False):
+            return fieldsets  # history keeps no key: a past version cannot say if it had one
+        # Who may change the tenant (its operators) may set its key; others see whether it is.
+        may_change = self.has_change_permission(request, obj)
+        provider = PROVIDER_KEY_FIELDS if may_change else PROVIDER_KEY_FIELDS[:1]
+        return [
+            *fieldsets,
+            (
+                "Model provider",
+                {
+                    "fields": provider,
+                    "description": "The tenant's own API key for the model provider, used for "
+                    "its AI employees' model calls. It is stored encrypted and never shown "
+                    "again once saved.",
+                },
+            ),
+        ]
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        request.desk_history_version = True
+        return super().history_form_view(request, object_id, version_id, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
         # Operators tune capacity, budget and retention; who the client is, and whether it
         # is suspended, is the platform's to change.
-        return ("name", "slug", "status", "created_at", *CAPACITY_NOW, "budget_lifted_until")
+        return (
+            "name",
+            "slug",
+            "status",
+            "created_at",
+            *CAPACITY_NOW,
+            "budget_lifted_until",
+            "provider_key_status",
+        )
+
+    @admin.display(description="provider API key")
+    def provider_key_status(self, obj):
+        changed = getattr(obj, "provider_api_key_changed_at", None)
+        if getattr(obj, "provider_api_key_encrypted", ""):
+            return f"Set (last changed {when(changed)})."
+        cleared = f" (removed {when(changed)})" if changed else ""
+        return f"Not set{cleared}: model calls use the platform's key."
 
     # --- what it is using now (annotated by desk.selectors.with_capacity) -----------------
 
@@ -241,6 +312,7 @@ class TenantAdmin(TenantScopedHistoryAdmin):
                 form,
                 lambda: update_tenant_settings(tenant=obj, actor=actor, changes=settings),
             )
+            self._save_provider_key(form, obj, actor)
             return
         tenant = self.call_service(
             form,
@@ -253,6 +325,17 @@ class TenantAdmin(TenantScopedHistoryAdmin):
             ),
         )
         obj.pk, obj.created_at = tenant.pk, tenant.created_at
+
+    def _save_provider_key(self, form, obj: Tenant, actor: Actor) -> None:
+        if "provider_api_key" not in form.fields:
+            return
+        if form.cleaned_data.get("clear_provider_api_key"):
+            self.call_service(form, lambda: clear_provider_api_key(tenant=obj, actor=actor))
+        elif form.cleaned_data.get("provider_api_key"):
+            api_key = form.cleaned_data["provider_api_key"]
+            self.call_service(
+                form, lambda: set_provider_api_key(tenant=obj, actor=actor, api_key=api_key)
+            )
 
 
 # --- memberships and client records ----------------------------------------------------------

@@ -3,6 +3,12 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from tenants import encryption
+from tenants.encryption import PREFIX as SEALED_PREFIX
+
+# What a tenant's provider key is sealed for (tenants.encryption binds it to the tenant).
+PROVIDER_KEY_PURPOSE = "provider_api_key"
+
 # Audit payloads are kept at least this long, whatever a tenant asks (a database constraint).
 MIN_RETENTION_DAYS = 30
 
@@ -43,8 +49,12 @@ class Tenant(models.Model):
         ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The tenant's own API key for the model provider, encrypted (tenants.encryption); set and
+    # cleared only through tenants.services, never shown again, never in history.
+    provider_api_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    provider_api_key_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(excluded_fields=["provider_api_key_encrypted"])
     objects = TenantQuerySet.as_manager()
 
     class Meta:
@@ -61,6 +71,12 @@ class Tenant(models.Model):
                 condition=models.Q(retention_days__gte=MIN_RETENTION_DAYS),
                 name="tenant_retention_days_gte_minimum",
             ),
+            # Never a plain key: empty (none set) or a ciphertext.
+            models.CheckConstraint(
+                condition=models.Q(provider_api_key_encrypted="")
+                | models.Q(provider_api_key_encrypted__startswith=SEALED_PREFIX),
+                name="tenant_provider_api_key_encrypted",
+            ),
         ]
 
     def __str__(self):
@@ -69,6 +85,21 @@ class Tenant(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def has_provider_api_key(self) -> bool:
+        return bool(self.provider_api_key_encrypted)
+
+    def provider_api_key(self) -> str:
+        """The tenant's model provider API key ("" when it has none).
+
+        Raises tenants.encryption.SecretsError when it cannot be decrypted.
+        """
+        if not self.provider_api_key_encrypted:
+            return ""
+        return encryption.open_sealed(
+            self.provider_api_key_encrypted, tenant_id=self.pk, purpose=PROVIDER_KEY_PURPOSE
+        )
 
 
 class Membership(models.Model):

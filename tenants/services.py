@@ -5,21 +5,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.apps import apps as django_apps
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, models
 from django.db.models import F
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.auth_events import chains_context, user_chains
 from audit.services import Actor, apply_changes, lock_chain, record
-from tenants import locking, rls
+from tenants import encryption, locking, rls
 from tenants.locking import Level, lock
 from tenants.models import (
+    PROVIDER_KEY_PURPOSE,
     ApiKey,
     ApiRateWindow,
     BreakGlassGrant,
@@ -597,3 +601,185 @@ def delete_user(*, user, actor: Actor) -> None:
             )
         # In the caller's own context: rows of tenants it cannot see are not touched.
         user.delete()
+
+
+# --- secrets at rest (tenants.encryption) ----------------------------------------------------
+
+MAX_PROVIDER_KEY_LENGTH = 500
+
+
+def _clean_provider_key(api_key: str) -> str:
+    api_key = (api_key or "").strip()
+    if not api_key:
+        raise ValidationError({"provider_api_key": "Enter the API key, or clear it instead."})
+    if len(api_key) > MAX_PROVIDER_KEY_LENGTH:
+        raise ValidationError(
+            {"provider_api_key": f"An API key is at most {MAX_PROVIDER_KEY_LENGTH} characters."}
+        )
+    if not api_key.isascii() or any(c.isspace() or not c.isprintable() for c in api_key):
+        # It is sent in an Authorization header: printable ASCII without spaces only.
+        raise ValidationError(
+            {"provider_api_key": "An API key has no spaces, control or non-ASCII characters."}
+        )
+    return api_key
+
+
+def _save_provider_key(*, tenant: Tenant, actor: Actor, encrypted: str, action: str) -> Tenant:
+    with locking.atomic():
+        lock_chain(tenant.pk)
+        tenant = lock(Tenant.objects.all(), Level.TENANT).get(pk=tenant.pk)
+        if not encrypted and not tenant.provider_api_key_encrypted:
+            return tenant  # nothing to clear
+        tenant.provider_api_key_encrypted = encrypted
+        tenant.provider_api_key_changed_at = timezone.now()
+        tenant._history_user = actor.user  # history keeps when, never the key
+        tenant.save(update_fields=["provider_api_key_encrypted", "provider_api_key_changed_at"])
+        record(tenant=tenant, actor=actor, action=action, obj=tenant)
+    return tenant
+
+
+def set_provider_api_key(*, tenant: Tenant, actor: Actor, api_key: str) -> Tenant:
+    """Give the tenant its own model provider API key (stored encrypted, never shown again);
+    the tenant's model calls are made with it from now on.
+
+    Raises ValidationError for an empty or malformed key, or without a key to encrypt it
+    with (nothing is saved then).
+    """
+    api_key = _clean_provider_key(api_key)
+    try:
+        encrypted = encryption.seal(api_key, tenant_id=tenant.pk, purpose=PROVIDER_KEY_PURPOSE)
+    except encryption.SecretsError as exc:
+        raise ValidationError({"provider_api_key": str(exc)}) from None
+    return _save_provider_key(
+        tenant=tenant, actor=actor, encrypted=encrypted, action="tenant.provider_key_set"
+    )
+
+
+def clear_provider_api_key(*, tenant: Tenant, actor: Actor) -> Tenant:
+    """Remove the tenant's model provider API key (idempotent); its model calls then use the
+    platform's key (settings.OPENAI_API_KEY)."""
+    return _save_provider_key(
+        tenant=tenant, actor=actor, encrypted="", action="tenant.provider_key_cleared"
+    )
+
+
+def sealed_fields() -> list[tuple[type[models.Model], str]]:
+    """Every (model, field) that holds encrypted secrets (settings.DESK_SECRETS_FIELDS)."""
+    found = []
+    for dotted in settings.DESK_SECRETS_FIELDS:
+        label, field = dotted.rsplit(".", 1)
+        found.append((django_apps.get_model(label), field))
+    return found
+
+
+def _stored(model: type[models.Model], field: str):
+    return model.objects.exclude(**{field: ""}).order_by("pk")
+
+
+@dataclass
+class SecretsCensus:
+    """How the stored secrets stand against the keys: (model label, row id) of those the
+    newest key does not open, split by whether an older key does."""
+
+    total: int = 0
+    need_old_key: list[tuple[str, int]] = field(default_factory=list)
+    unreadable: list[tuple[str, int]] = field(default_factory=list)
+
+
+def secrets_census() -> SecretsCensus:
+    """Check every stored secret against the keys (a platform read; never decrypts one
+    into anything kept).
+
+    Raises tenants.encryption.SecretKeyMissing without a key.
+    """
+    encryption.keys()
+    census = SecretsCensus()
+    for model, name in sealed_fields():
+        with rls.platform_context():
+            for pk, value in _stored(model, name).values_list("pk", name).iterator():
+                census.total += 1
+                if encryption.opens_with_newest_key(value):
+                    continue
+                where = (model._meta.label, pk)
+                if encryption.opens_with_any_key(value):
+                    census.need_old_key.append(where)
+                else:
+                    census.unreadable.append(where)
+    return census
+
+
+def reencrypt_secrets(*, actor: Actor, batch_size: int | None = None) -> dict[str, int]:
+    """Re-encrypt with the newest key every stored secret an older key still opens, in
+    batches (a transaction each, its rows locked), and record it on the platform's chain.
+    Returns how many were re-encrypted, and how many no key opens (left as they are).
+
+    Raises tenants.encryption.SecretKeyMissing without a key (nothing is changed).
+    """
+    encryption.keys()
+    batch_size = batch_size or settings.DESK_SECRETS_REENCRYPT_BATCH
+    counts = {"reencrypted": 0, "unreadable": 0}
+    for model, name in sealed_fields():
+        level = Level.TENANT if model is Tenant else Level.ROW
+        last_pk = 0
+        while True:
+            with locking.tracked(), rls.platform_context():
+                rows = list(
+                    lock(_stored(model, name).filter(pk__gt=last_pk), level).values_list(
+                        "pk", name
+                    )[:batch_size]
+                )
+                for pk, value in rows:
+                    if encryption.opens_with_newest_key(value):
+                        continue
+                    try:
+                        resealed = encryption.reseal(value)
+                    except encryption.SecretUnreadable:
+                        counts["unreadable"] += 1
+                        continue
+                    # update(): a new ciphertext of the same secret is no change to history.
+                    model.objects.filter(pk=pk).update(**{name: resealed})
+                    counts["reencrypted"] += 1
+            if len(rows) < batch_size:
+                break
+            last_pk = rows[-1][0]
+    with rls.platform_context():
+        record(tenant=None, actor=actor, action="secrets.reencrypted", data=counts)
+    return counts
+
+
+def add_secrets_key(*, actor: Actor) -> int:
+    """Put a new key first in the key file, on the platform's record; return how many keys
+    it holds. Stored secrets still open with the older keys until re-encrypted.
+
+    Raises tenants.encryption.SecretsError for keys from the environment or without a key file.
+    """
+    count = encryption.add_key()
+    with rls.platform_context():
+        record(tenant=None, actor=actor, action="secrets.key_added", data={"keys": count})
+    return count
+
+
+def retire_old_secrets_keys(*, actor: Actor) -> int:
+    """Remove every key but the newest from the key file, on the platform's record; return
+    how many were removed.
+
+    Raises tenants.encryption.SecretsError (nothing removed) while a stored secret does not
+    open with the newest key, for keys from the environment or without a key file.
+    """
+    encryption.writable_key_file("remove")
+    census = secrets_census()
+    if census.need_old_key or census.unreadable:
+        raise encryption.SecretsError(
+            f"{len(census.need_old_key)} stored secret(s) still need an old key and "
+            f"{len(census.unreadable)} open with no key at all: "
+            + ", ".join(f"{label} {pk}" for label, pk in census.need_old_key + census.unreadable)
+            + ". Re-encrypt first (`manage.py secrets_key --reencrypt`); set a new secret "
+            "where none opens. No key was removed."
+        )
+    removed = encryption.retire_old_keys()
+    if removed:
+        with rls.platform_context():
+            record(
+                tenant=None, actor=actor, action="secrets.keys_retired", data={"removed": removed}
+            )
+    return removed

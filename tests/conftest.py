@@ -42,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
 _AUDIT_DIR = Path(tempfile.mkdtemp(prefix="agentdesk-audit-"))
 os.environ["AUDIT_SIGNING_KEY_FILE"] = str(_AUDIT_DIR / "signing.key")
 os.environ["AUDIT_CHECKPOINT_DIR"] = str(_AUDIT_DIR / "checkpoints")
+# Likewise one secrets key file (tenants.encryption) for the session and its clusters.
+os.environ["DESK_SECRETS_KEY_FILE"] = str(_AUDIT_DIR / "secrets.keys")
+os.environ.pop("DESK_SECRETS_KEYS", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,6 +57,18 @@ def audit_signing_key():
     if not settings.AUDIT_SIGNING_KEY_FILE.exists():
         signing.create_key()
     return signing.signer()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_key_file():
+    from django.conf import settings
+
+    from tenants import encryption
+
+    settings.DESK_SECRETS_KEY_FILE = Path(os.environ["DESK_SECRETS_KEY_FILE"])
+    settings.DESK_SECRETS_KEYS = ""
+    encryption.create_key_file()
+    return settings.DESK_SECRETS_KEY_FILE
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,9 @@ is down would open one per event (and an `escalation.opened` event would feed th
 failures are on the endpoint's page and in the outbox, where "Send again" retries them.
 
 The endpoint is read at each attempt: a rotated secret signs retries too, and a message to an
-endpoint deactivated (or gone) meanwhile is not sent but settled as failed, saying why.
+endpoint deactivated (or gone) meanwhile is not sent but settled as failed, saying why. The
+secret is decrypted for the attempt only; without a key that opens it nothing is sent (the
+attempt fails, saying so, and is retried).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from desk.services.outbox import (
     Undeliverable,
     outbox_channel,
 )
-from tenants import rls
+from tenants import encryption, rls
 from tenants.scoping import scope_to_tenant
 from webhooks.models import WebhookEndpoint
 from webhooks.services import validate_url
@@ -128,9 +130,13 @@ def send(message: OutboxMessage) -> HandedOver:
     (Undeliverable when its endpoint is deactivated or gone)."""
     endpoint = _endpoint(message)
     _check_addresses(endpoint.url)
+    try:
+        secret = endpoint.signing_secret()
+    except encryption.SecretsError as exc:  # never sent unsigned
+        raise DeliveryFailed(f"Not sent: {exc}") from None
     payload = message.payload
     body = payload["body"]
-    headers = signed_headers(secret=endpoint.secret, event_id=payload["event_id"], body=body)
+    headers = signed_headers(secret=secret, event_id=payload["event_id"], body=body)
     timeout = timeout_seconds()
     try:
         with (

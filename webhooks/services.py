@@ -20,11 +20,11 @@ from django.utils import timezone
 from audit.services import Actor, apply_changes, record
 from desk import doorbell
 from desk.models import OutboxMessage
-from tenants import locking
+from tenants import encryption, locking
 from tenants.locking import Level, lock
 from tenants.models import Tenant
 from tenants.scoping import scope_to_tenant
-from webhooks.models import EVENT_TYPES, SECRET_PREFIX, TEST_EVENT, WebhookEndpoint
+from webhooks.models import EVENT_TYPES, SECRET_PREFIX, SECRET_PURPOSE, TEST_EVENT, WebhookEndpoint
 
 CHANNEL = "webhook"
 SECRET_BYTES = 32
@@ -116,6 +116,17 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
+def seal_secret(secret: str, *, tenant_id: int) -> str:
+    """An endpoint's secret as it is stored: encrypted, bound to its tenant.
+
+    Raises ValidationError (nothing is saved) when there is no key to encrypt it with.
+    """
+    try:
+        return encryption.seal(secret, tenant_id=tenant_id, purpose=SECRET_PURPOSE)
+    except encryption.SecretsError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 def _description(description: str) -> str:
     description = (description or "").strip()
     if len(description) > 200:
@@ -131,10 +142,11 @@ def _description(description: str) -> str:
 def create_webhook_endpoint(
     *, tenant: Tenant, url: str, event_types: list[str], actor: Actor, description: str = ""
 ) -> tuple[WebhookEndpoint, str]:
-    """Create an endpoint and return it with its signing secret (shown to people only now).
+    """Create an endpoint and return it with its signing secret (shown to people only now;
+    stored encrypted).
 
-    Raises ValidationError for a URL that may not receive deliveries, unknown event types
-    or a suspended tenant.
+    Raises ValidationError for a URL that may not receive deliveries, unknown event types,
+    a suspended tenant, or without a key to encrypt the secret with.
     """
     url = validate_url(url)
     event_types = validate_event_types(event_types)
@@ -142,12 +154,13 @@ def create_webhook_endpoint(
     if not tenant.is_active:
         raise ValidationError(f"Tenant '{tenant.slug}' is suspended.")
     secret = new_secret()
+    encrypted = seal_secret(secret, tenant_id=tenant.pk)
     with locking.atomic():
         endpoint = WebhookEndpoint(
             tenant=tenant,
             url=url,
             description=description,
-            secret=secret,
+            encrypted_secret=encrypted,
             event_types=event_types,
             created_by=actor.user,
         )
@@ -208,17 +221,18 @@ def rotate_webhook_secret(
     """Give an endpoint a new signing secret and return it (shown to people only now); every
     delivery from now on, retries included, is signed with it.
 
-    Raises ValidationError for an inactive endpoint.
+    Raises ValidationError for an inactive endpoint, or without a key to encrypt it with.
     """
     secret = new_secret()
+    encrypted = seal_secret(secret, tenant_id=endpoint.tenant_id)
     with locking.atomic():
         endpoint = _locked(endpoint)
         if not endpoint.is_active:
             raise ValidationError("The endpoint is deactivated.")
-        endpoint.secret = secret
+        endpoint.encrypted_secret = encrypted
         endpoint.secret_rotated_at = timezone.now()
         endpoint._history_user = actor.user
-        endpoint.save(update_fields=["secret", "secret_rotated_at"])
+        endpoint.save(update_fields=["encrypted_secret", "secret_rotated_at"])
         record(
             tenant=endpoint.tenant_id, actor=actor, action="webhook.secret_rotated", obj=endpoint
         )

@@ -346,9 +346,11 @@ class OpenAIProvider(Provider):
         return self._async_client
 
     async def aclose(self) -> None:
-        """Close the async client if this provider created it."""
+        """Close the async client if this provider created it (one made in an event loop
+        that has ended is let go: its connections cannot be closed from another loop)."""
         if self._owns_async_client and self._async_client is not None:
-            await self._async_client.aclose()
+            if self._async_loop is asyncio.get_running_loop():
+                await self._async_client.aclose()
             self._async_client = None
             self._async_loop = None
 

@@ -18,7 +18,7 @@ from tests.runtime import advance
 @pytest.fixture
 def failed(start_intake, monkeypatch):
     """An intake run whose classification failed every attempt, and its escalation."""
-    monkeypatch.setattr(worker, "get_provider", lambda: FlakyProvider(failures=99))
+    monkeypatch.setattr(worker, "get_provider", lambda **_: FlakyProvider(failures=99))
     run = start_intake()
     advance(run.pk)
     run.refresh_from_db()
@@ -99,7 +99,7 @@ def test_a_taken_over_draft_is_reviewed_and_its_author_may_not_approve_it(
                 return await super().acomplete(request)
             return await offline.acomplete(request)
 
-    monkeypatch.setattr(worker, "get_provider", lambda: DraftFails(failures=99))
+    monkeypatch.setattr(worker, "get_provider", lambda **_: DraftFails(failures=99))
     run = start_intake()
     advance(run.pk)
     monkeypatch.undo()

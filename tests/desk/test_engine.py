@@ -200,7 +200,7 @@ class FlakyProvider(Provider):
 class TestFailures:
     def test_a_failed_model_call_is_retried_by_the_step(self, start_intake, monkeypatch):
         provider = FlakyProvider(failures=1)
-        monkeypatch.setattr(worker, "get_provider", lambda: provider)
+        monkeypatch.setattr(worker, "get_provider", lambda **_: provider)
         run = start_intake()
 
         advance(run.pk)
@@ -212,7 +212,7 @@ class TestFailures:
         assert "step.error" in actions(run)
 
     def test_a_step_that_keeps_failing_fails_the_run_and_escalates(self, start_intake, monkeypatch):
-        monkeypatch.setattr(worker, "get_provider", lambda: FlakyProvider(failures=99))
+        monkeypatch.setattr(worker, "get_provider", lambda **_: FlakyProvider(failures=99))
         run = start_intake()
 
         advance(run.pk)
@@ -418,7 +418,7 @@ class TestLeases:
         )
         services.reap()
         provider = FlakyProvider(failures=99)
-        monkeypatch.setattr(worker, "get_provider", lambda: provider)
+        monkeypatch.setattr(worker, "get_provider", lambda **_: provider)
 
         advance(run)
 

@@ -36,7 +36,7 @@ def test_an_operator_creates_an_endpoint_and_sees_its_secret_only_once(client, u
     endpoint = WebhookEndpoint.objects.get(tenant=harbor)
     secret = created.context["secret"]
     assert created.status_code == 200
-    assert secret == endpoint.secret and secret.startswith("whsec_")
+    assert secret == endpoint.signing_secret() and secret.startswith("whsec_")
     assert secret in created.content.decode()
     assert "no-store" in created["Cache-Control"]
     assert endpoint.event_types == ["approval.requested", "run.completed"]
@@ -135,7 +135,7 @@ def test_an_operator_sends_a_test_event_after_confirming(client, users, harbor_e
 
 
 def test_an_operator_rotates_the_secret_and_sees_the_new_one_once(client, users, harbor_endpoint):
-    old = harbor_endpoint.secret
+    old = harbor_endpoint.signing_secret()
     client.force_login(users["ops"])
 
     confirm, shown = post_action(client, "rotate_secret", harbor_endpoint)
@@ -144,7 +144,7 @@ def test_an_operator_rotates_the_secret_and_sees_the_new_one_once(client, users,
     assert confirm.status_code == 200
     assert old not in confirm.content.decode()
     assert shown.status_code == 200
-    assert shown.context["secret"] == harbor_endpoint.secret != old
+    assert shown.context["secret"] == harbor_endpoint.signing_secret() != old
     assert "no-store" in shown["Cache-Control"]
 
 
@@ -179,9 +179,9 @@ def test_reviewers_and_auditors_cannot_reach_endpoints(client, users, harbor_end
         )
 
         assert listed.status_code == 403
-    old = harbor_endpoint.secret
+    old = harbor_endpoint.signing_secret()
     harbor_endpoint.refresh_from_db()
-    assert harbor_endpoint.secret == old
+    assert harbor_endpoint.signing_secret() == old
 
 
 def test_the_changelist_reads_a_fixed_number_of_queries(client, users, harbor, northwind):

@@ -33,11 +33,11 @@ def test_the_secret_is_made_by_the_server_in_the_whsec_form(harbor, users):
 
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
-    assert endpoint.secret == secret
+    assert endpoint.signing_secret() == secret
     assert endpoint.created_by == users["ops"]
     event = AuditEvent.objects.get(action="webhook.created", object_id=str(endpoint.pk))
     assert secret not in str(event.data)
-    assert "secret" not in {f.name for f in WebhookEndpoint.history.model._meta.fields}
+    assert "encrypted_secret" not in {f.name for f in WebhookEndpoint.history.model._meta.fields}
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_rotating_and_deactivating_are_audited_and_a_deactivated_one_stays_so(ha
         rotate_webhook_secret(endpoint=endpoint, actor=actor)
 
     endpoint.refresh_from_db()
-    assert new != old and endpoint.secret == new
+    assert new != old and endpoint.signing_secret() == new
     assert not endpoint.is_active
     actions = list(
         AuditEvent.objects.filter(object_id=str(endpoint.pk), action__startswith="webhook.")
