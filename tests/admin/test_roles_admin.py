@@ -14,6 +14,7 @@ from audit.services import Actor
 from roles.models import Role, RoleVersion
 from roles.services import create_role_version
 from tests.publishing import publish
+from tests.queries import page_statements
 
 ADD_URL = reverse("admin:roles_roleversion_add")
 CHANGELIST_URL = reverse("admin:roles_roleversion_changelist")
@@ -379,11 +380,5 @@ def test_the_publication_pages_cost_the_same_whatever_their_number(
     ask(5)
     with django_assert_num_queries(len(few.captured_queries)):
         assert client.get(list_url).status_code == 200
-    # Queries, not the transaction and row-level-security context around them.
-    context = ("SAVEPOINT", "RELEASE SAVEPOINT", "SET LOCAL ROLE", "SELECT set_config(")
-    statements = [
-        q["sql"]
-        for q in few.captured_queries
-        if not q["sql"].startswith(context) and not q["sql"].startswith("SELECT current_user")
-    ]
+    statements = page_statements(few)
     assert len(statements) <= 15, statements
