@@ -276,9 +276,9 @@ DESK_SWEEPS = {
 # unless DESK_DEBUG is).
 _tenants_app = INSTALLED_APPS.index("tenants")  # their admins first: tenants' replace them
 INSTALLED_APPS[_tenants_app:_tenants_app] = [
-    "axes",
+    "tenants.signin.apps.LockoutsConfig",  # django-axes
     "django_otp",
-    "django_otp.plugins.otp_totp",
+    "tenants.signin.apps.SecondFactorsConfig",  # django-otp's TOTP devices
     "django_otp.plugins.otp_static",
 ]
 AUTHENTICATION_BACKENDS.insert(0, "tenants.signin.lockouts.LockoutBackend")

@@ -97,16 +97,19 @@ def pass_second_factor(client: Client, user) -> None:
     session.save()
 
 
+def _force_login_with_second_factor(self, user, backend=None):
+    force_login_password_only(self, user, backend)
+    pass_second_factor(self, user)
+
+
 @pytest.fixture(autouse=True)
-def force_login_passes_the_second_factor(monkeypatch):
+def force_login_passes_the_second_factor():
     """DESK_REQUIRE_2FA stays on in tests; a test's `client.force_login(user)` signs in with
-    both factors, as a person who typed their code would be."""
-
-    def force_login(self, user, backend=None):
-        force_login_password_only(self, user, backend)
-        pass_second_factor(self, user)
-
-    monkeypatch.setattr(Client, "force_login", force_login)
+    both factors, as a person who typed their code would be. (Not through `monkeypatch`:
+    tests undo their own patches with `monkeypatch.undo()`.)"""
+    Client.force_login = _force_login_with_second_factor
+    yield
+    Client.force_login = force_login_password_only
 
 
 @pytest.fixture

@@ -271,3 +271,14 @@ class TestLockoutAdmin:
 
         assert "name9" in page.content.decode()
         assert len(many.captured_queries) == len(few.captured_queries)
+
+
+def test_the_libraries_own_admin_pages_are_not_installed():
+    from django.contrib import admin
+
+    registered = {model._meta.label_lower for model in admin.site._registry}
+
+    assert {label for label in registered if label.startswith(("axes.", "otp_"))} == {
+        "axes.accessattempt",  # tenants/signin/admin.py: platform staff only
+        "otp_totp.totpdevice",  # likewise, without the secret
+    }
