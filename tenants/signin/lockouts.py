@@ -49,7 +49,7 @@ def refused_by_lockout(request) -> bool:
 def count_failure(request, *, username: str) -> bool:
     """Count a failure that is not a password's (a wrong second-factor code) against the name
     and the request's address; whether they are now locked out."""
-    credentials = {settings.AXES_USERNAME_FORM_FIELD: username}
+    credentials = {str(settings.AXES_USERNAME_FORM_FIELD): username}
     AxesProxyHandler.user_login_failed(
         sender=count_failure, credentials=credentials, request=request
     )
@@ -58,7 +58,7 @@ def count_failure(request, *, username: str) -> bool:
 
 def is_locked_out(request, *, username: str) -> bool:
     """Whether sign-in with this name, or from the request's address, is locked out."""
-    return AxesProxyHandler.is_locked(request, {settings.AXES_USERNAME_FORM_FIELD: username})
+    return AxesProxyHandler.is_locked(request, {str(settings.AXES_USERNAME_FORM_FIELD): username})
 
 
 def forget_failures(*, username: str) -> None:
