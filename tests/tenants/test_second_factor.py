@@ -79,6 +79,33 @@ def test_the_requirement_is_on_in_tests_as_in_production():
     assert settings.DESK_REQUIRE_2FA is True
 
 
+@pytest.mark.parametrize(
+    ("environment", "required"),
+    [
+        ({}, "True"),
+        ({"DESK_DEBUG": "1"}, "False"),
+        ({"DESK_DEBUG": "1", "DESK_REQUIRE_2FA": "1"}, "True"),
+    ],
+)
+def test_the_requirement_is_on_unless_debug_turns_it_off(environment, required, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DESK_DEBUG", "DESK_REQUIRE_2FA")}
+    env.update(environment, DESK_VAR_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", "import desk.settings as s; print(s.DESK_REQUIRE_2FA)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=settings.BASE_DIR,
+    )
+
+    assert result.stdout.strip() == required
+
+
 class TestNothingWithoutTheSecondFactor:
     def admin_pages(self) -> list[str]:
         pages = [reverse("admin:index"), reverse("admin:password_change"), *admin_changelists()]
