@@ -128,11 +128,9 @@ def confirm_enrolment(*, request, user, device_id: int, code: str) -> list[str] 
             )
             verified = True
     if not verified:
-        return (
-            Outcome.LOCKED_OUT
-            if lockouts.count_failure(request, username=username)
-            else (Outcome.WRONG_CODE)
-        )
+        if lockouts.count_failure(request, username=username):
+            return Outcome.LOCKED_OUT
+        return Outcome.WRONG_CODE
     otp_login(request, device)
     lockouts.forget_failures(username=username)
     return codes
