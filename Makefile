@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 
 # `make run` is development: DESK_DEBUG on, so a development secret key and plain-http
 # cookies on http://127.0.0.1 (production is DESK_DEBUG off: README "Production settings").
+# The second factor stays required, as in production (DESK_REQUIRE_2FA=0 make run: without).
 run: export DESK_DEBUG ?= 1
+run: export DESK_REQUIRE_2FA ?= 1
 run: $(STAMP)
 	$(PY) manage.py secrets_key --create
 	$(PY) manage.py migrate --noinput

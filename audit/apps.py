@@ -6,6 +6,7 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit trail"
 
     def ready(self):
+        from axes.signals import user_locked_out
         from django.contrib.auth import signals
 
         from audit import receivers
@@ -20,3 +21,5 @@ class AuditConfig(AppConfig):
         signals.user_login_failed.connect(
             receivers.on_user_login_failed, dispatch_uid="audit.on_user_login_failed"
         )
+        # django-axes: a name or an address locked out after repeated failures.
+        user_locked_out.connect(receivers.on_user_locked_out, dispatch_uid="audit.on_locked_out")

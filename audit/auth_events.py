@@ -26,6 +26,7 @@ class SignInFailure:
     INACTIVE_USER = "inactive_user"
     NOT_STAFF = "not_staff"  # the right password, but no admin access
     INVALID_USERNAME = "invalid_username"  # refused by the form before any look-up
+    LOCKED_OUT = "locked_out"  # refused unchecked: the name or the address is locked out
 
 
 # Who tries a sign-in that fails is not known, whatever name they typed.
@@ -75,6 +76,44 @@ def record_sign_out(*, user) -> list[AuditEvent]:
         actor=Actor.for_user(user),
         action="auth.signed_out",
         data={"username": user.get_username()},
+    )
+
+
+def record_locked_out(*, username, ip_address: str | None, failures: int) -> list[AuditEvent]:
+    """Record that sign-in was locked out for a name or an address after `failures` failures."""
+    tried = "" if username is None else str(username)
+    longest = _username_length()
+    data = {
+        "username": tried.replace("\x00", "\\x00")[:longest],
+        "ip_address": ip_address,
+        "failures": failures,
+    }
+    user = _user_named(tried, longest)
+    return record_for_user(user=user, actor=ANONYMOUS, action="auth.locked_out", data=data)
+
+
+def record_lockout_lifted(
+    *, username: str, ip_address: str | None, attempts: int, actor: Actor, reason: str
+) -> list[AuditEvent]:
+    """Record that `actor` lifted the lockout of a name and an address (their failures erased)."""
+    user = _user_named(username, _username_length())
+    data = {"username": username, "ip_address": ip_address, "attempts_erased": attempts}
+    return record_for_user(
+        user=user, actor=actor, action="auth.lockout_lifted", reason=reason, data=data
+    )
+
+
+def record_second_factor(
+    *, user, action: str, actor: Actor | None = None, reason: str = "", data: dict | None = None
+) -> list[AuditEvent]:
+    """Record a second-factor event about `user` (`auth.second_factor_*`, by them unless an
+    `actor` is given)."""
+    return record_for_user(
+        user=user,
+        actor=actor or Actor.for_user(user),
+        action=action,
+        reason=reason,
+        data={"username": user.get_username(), **(data or {})},
     )
 
 

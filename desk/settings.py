@@ -2,9 +2,11 @@
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from csp.constants import NONE, SELF, UNSAFE_HASHES
 
 from desk import secret_key
@@ -388,3 +390,56 @@ DESK_SWEEPS = {
     "audit_checkpoints": ("audit.checkpoints.checkpoint_all", AUDIT_CHECKPOINT_SECONDS),
     "audit_retention": ("audit.services.apply_retention", 3600),
 }
+
+# --- Sign-in protection ------------------------------------------------------------------
+# README "Sign-in protection". django-axes locks sign-in after DESK_LOGIN_FAILURE_LIMIT
+# failures for a username OR from a client address (whichever reaches it first), for
+# DESK_LOGIN_LOCKOUT_MINUTES (0: until platform staff lift it in the admin). The address is
+# the one audit events carry (audit.context.client_ip: X-Forwarded-For only from
+# AUDIT_TRUSTED_PROXIES). A wrong second-factor code counts as a failure too.
+# django-otp: every signed-in person needs a verified TOTP device (or a recovery code) for
+# every page but the second factor's own and sign-out, when DESK_REQUIRE_2FA is on (it is,
+# unless DESK_DEBUG is).
+_tenants_app = INSTALLED_APPS.index("tenants")  # their admins first: tenants' replace them
+INSTALLED_APPS[_tenants_app:_tenants_app] = [
+    "tenants.signin.apps.LockoutsConfig",  # django-axes
+    "django_otp",
+    "tenants.signin.apps.SecondFactorsConfig",  # django-otp's TOTP devices
+    "django_otp.plugins.otp_static",
+]
+AUTHENTICATION_BACKENDS.insert(0, "tenants.signin.lockouts.LockoutBackend")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "django_otp.middleware.OTPMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django_otp.middleware.OTPMiddleware") + 1,
+    "tenants.signin.middleware.SecondFactorRequiredMiddleware",
+)
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last: turns a lockout into its page
+
+AXES_FAILURE_LIMIT = int(os.environ.get("DESK_LOGIN_FAILURE_LIMIT", "5"))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+_lockout_minutes = int(os.environ.get("DESK_LOGIN_LOCKOUT_MINUTES", "60"))
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes) if _lockout_minutes > 0 else None
+AXES_CLIENT_IP_CALLABLE = "audit.context.client_ip"
+AXES_LOCKOUT_CALLABLE = "tenants.signin.views.locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+# Attempts made while locked out do not push the end of the lockout further away; a
+# successful sign-in clears the person's own failures only once the second factor passed.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False
+AXES_ENABLE_ADMIN = False  # the lockouts page is tenants.signin.admin (platform staff only)
+AXES_DISABLE_ACCESS_LOG = True  # sign-ins are on the audit trail
+AXES_VERBOSE = False
+
+DESK_REQUIRE_2FA = env_bool("DESK_REQUIRE_2FA", not DEBUG)
+if not DESK_REQUIRE_2FA and not DEBUG:
+    # Production never runs without the second factor (fail closed, not a quiet downgrade).
+    raise ImproperlyConfigured(
+        "DESK_REQUIRE_2FA is off but DESK_DEBUG is not: production requires a second factor "
+        "for every sign-in. Unset DESK_REQUIRE_2FA (it is on by default)."
+    )
+DESK_RECOVERY_CODES = 10
+OTP_TOTP_ISSUER = os.environ.get("DESK_TOTP_ISSUER", "AgentDesk")
+LOGGING["loggers"]["axes"] = {"level": "ERROR"}  # failures and lockouts: the audit trail

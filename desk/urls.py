@@ -21,6 +21,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     # Before the admin's own URLs, whose catch-all would answer 404 for these.
     path("admin/audit/reports/", include(report_views.urls)),
+    path("admin/", include("tenants.signin.urls")),  # the second factor's pages
     path("admin/", admin.site.urls),
     path("approvals/", include("approvals.urls")),
     path("api/v1/", include(api_patterns)),

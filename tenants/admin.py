@@ -51,6 +51,7 @@ from tenants.services import (
     update_tenant_settings,
     upsert_client_record,
 )
+from tenants.signin import admin as signin_admin  # noqa: F401  (lockouts, second factors)
 
 admin.site.site_header = "AgentDesk"
 admin.site.site_title = "AgentDesk"

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import Actor
 from desk.demo import seed_demo
@@ -90,6 +93,38 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         options["options"] = (
             options.get("options", "") + " -c agentdesk.audit_reset=allowed"
         ).strip()
+
+
+# Sign-in with the password only, as Django's test client does it. Tests use
+# `client.force_login`, which the fixture below makes pass the second factor as well
+# (tests/signin prove that without it nothing is reachable).
+force_login_password_only = Client.force_login
+
+
+def pass_second_factor(client: Client, user) -> None:
+    """Mark the client's session verified by a confirmed TOTP device of `user`, exactly as
+    `django_otp.login` does after a right code (the device's id in the session)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="Test device", confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+
+
+def _force_login_with_second_factor(self, user, backend=None):
+    force_login_password_only(self, user, backend)
+    pass_second_factor(self, user)
+
+
+@pytest.fixture(autouse=True)
+def force_login_passes_the_second_factor():
+    """DESK_REQUIRE_2FA stays on in tests; a test's `client.force_login(user)` signs in with
+    both factors, as a person who typed their code would be. (Not through `monkeypatch`:
+    tests undo their own patches with `monkeypatch.undo()`.)"""
+    Client.force_login = _force_login_with_second_factor
+    yield
+    Client.force_login = force_login_password_only
 
 
 @pytest.fixture

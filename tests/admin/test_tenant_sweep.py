@@ -46,6 +46,9 @@ PLATFORM_ONLY = {
     "django_q.success",
     "django_q.failure",
     "django_q.ormq",
+    # Sign-in protection (tenants/signin/admin.py): lockouts and second factors.
+    "axes.accessattempt",
+    "otp_totp.totpdevice",
 }
 TENANT_PEOPLE = ("reviewer.northwind", "ops.northwind")
 BREAK_GLASS_STAFF = "sre.northwind"  # platform staff with read-only access to northwind only
@@ -494,7 +497,27 @@ def test_every_page_under_the_admin_outside_its_model_admins_is_swept():
         "audit_reports:index",
         *(f"audit_reports:{page}" for page in REPORT_PAGES),
         *(f"audit_reports:{page}_download" for page in REPORT_PAGES),
+        "signin:setup",
+        "signin:verify",
     }
+
+
+@pytest.mark.parametrize("username", NORTHWIND_USERS)
+def test_the_second_factor_pages_name_only_the_person_themselves(
+    client, world, northwind_person, username
+):
+    from tests.conftest import force_login_password_only
+
+    user = northwind_person(username)
+    force_login_password_only(client, user)
+    before = tenant_state(world.harbor)
+
+    for page in (reverse("signin:setup"), reverse("signin:verify")):
+        for response in (client.get(page), client.post(page, {"code": "123456"})):
+            assert response.status_code in (200, 302, 400), page
+            assert_no_harbor_text(response, page)
+
+    assert tenant_state(world.harbor) == before
 
 
 def harbor_asks(world) -> dict[str, list[dict]]:

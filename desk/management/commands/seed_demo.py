@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from desk.demo import DEMO_PASSWORD, USERS, seed_demo
@@ -18,3 +19,8 @@ class Command(BaseCommand):
         summary = ", ".join(f"{count} {name}" for name, count in created.items())
         self.stdout.write(f"Demo data ready (created: {summary}).")
         self.stdout.write(f"Demo logins (password '{DEMO_PASSWORD}'): {', '.join(USERS)}")
+        if settings.DESK_REQUIRE_2FA:
+            self.stdout.write(
+                "Each login sets up its second factor at its first sign-in: scan the QR code "
+                "with an authenticator app (README: Sign-in protection)."
+            )
