@@ -28,6 +28,7 @@ from audit.models import AuditEvent
 from desk import secret_key
 from desk.session_lifetime import STARTED_AT
 from tests.admin.conftest import parked
+from tests.conftest import pass_second_factor
 
 BASE_DIR = Path(settings.BASE_DIR)
 A_REAL_KEY = secrets.token_urlsafe(50)
@@ -288,6 +289,7 @@ def test_session_cookie_is_secure_httponly_and_expires_after_inactivity(client, 
     assert csrf is None or (csrf["secure"] is True and csrf["samesite"] == "Lax")
 
     # Every request pushes the expiry on: an active session lives on.
+    pass_second_factor(client, users["ops"])
     again = client.get(reverse("admin:index"), secure=True)
     assert again.status_code == 200
     assert again.cookies["sessionid"]["max-age"] == 30 * 60
