@@ -17,7 +17,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.auth_events import chains_context, user_chains
 from audit.services import Actor, apply_changes, lock_chain, record
-from tenants import locking, rls
+from tenants import locking, rls, safe_json
 from tenants.locking import Level, lock
 from tenants.models import (
     ApiKey,
@@ -158,12 +158,22 @@ def upsert_client_record(
     email: str = "",
     data=None,
 ) -> ClientRecord:
-    """Create or update one client record of a tenant."""
+    """Create or update one client record of a tenant.
+
+    Raises ValidationError (on `data`) when data is not a safe JSON object.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValidationError({"data": "A client record's data is a JSON object."})
+    try:
+        safe_json.check(data)
+    except safe_json.UnsafeJSON as exc:
+        raise ValidationError({"data": safe_json.validation_error(exc)}) from None
     with locking.atomic():
         record_obj, created = ClientRecord.objects.update_or_create(
             tenant=tenant,
             reference=reference,
-            defaults={"kind": kind, "name": name, "email": email, "data": data or {}},
+            defaults={"kind": kind, "name": name, "email": email, "data": data},
         )
         record(
             tenant=tenant,
