@@ -35,7 +35,7 @@ RUN_ERROR_STATUS = {
 }
 HIDDEN_OUTPUT_CATEGORIES = {"data_access"}
 IDEMPOTENCY_KEY_MAX_LENGTH = 200  # Run.idempotency_key's max_length
-IDEMPOTENCY_KEY_RE = re.compile(r"[ -~]*")  # printable ASCII
+PRINTABLE_RE = re.compile(r"[ -~]*")  # printable ASCII: bearer keys, Idempotency-Key
 
 
 class ApiError(Exception):
@@ -74,7 +74,10 @@ def api_endpoint(methods: tuple[str, ...]) -> Callable:
                 header = request.headers.get("Authorization", "")
                 if not header.startswith("Bearer "):
                     raise ApiError(401, "unauthenticated", "Send 'Authorization: Bearer <key>'.")
-                api_key = authenticate_api_key(header[len("Bearer ") :].strip())
+                token = header[len("Bearer ") :].strip()
+                # A key is printable ASCII: anything else (a NUL, which PostgreSQL refuses in a
+                # query) is no key, without looking it up.
+                api_key = authenticate_api_key(token) if PRINTABLE_RE.fullmatch(token) else None
                 if api_key is None:
                     raise ApiError(401, "unauthenticated", "Unknown or revoked API key.")
                 allowed, retry_after = count_api_request(api_key=api_key)
@@ -121,7 +124,7 @@ def _json_body(request: HttpRequest) -> Any:
 def _idempotency_key(request: HttpRequest) -> str:
     """The Idempotency-Key header, stripped; "" when absent or blank (no idempotency)."""
     key = request.headers.get("Idempotency-Key", "").strip()
-    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not IDEMPOTENCY_KEY_RE.fullmatch(key):
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not PRINTABLE_RE.fullmatch(key):
         raise ApiError(
             400,
             "invalid_idempotency_key",

@@ -137,6 +137,18 @@ UNSAFE_BODIES = {
 }
 
 
+@pytest.mark.parametrize("token", ["adk_\x00_x", "adk_ab\x00cd_x", "adk_\x7f_x", "adk_\xe9_x"])
+def test_a_nul_or_unprintable_bearer_key_is_a_401_without_a_lookup(client, harbor, token):
+    # On PostgreSQL a NUL in the prefix lookup was a DataError (a 500).
+    before = written()
+
+    response = post(client, token, {"role": ROLE, "input": INTAKE_INPUT})
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+    assert written() == before
+
+
 class TestUnsafeJSON:
     @pytest.mark.parametrize("body", UNSAFE_BODIES.values(), ids=UNSAFE_BODIES.keys())
     def test_a_nul_byte_or_lone_surrogate_anywhere_is_a_422_and_writes_nothing(
