@@ -55,7 +55,10 @@ def _to_json(field: forms.Field, value: Any) -> Any:
     if isinstance(field, forms.ChoiceField):
         return json.loads(value) if value else None
     if isinstance(value, Decimal):  # JSON numbers: whole ones stay whole
-        return int(value) if value == value.to_integral_value() else float(value)
+        # Beyond 19 digits as a float (inf for 1e999999999), which clean() refuses (safe
+        # JSON), rather than an integer of a billion digits; no arithmetic (it would overflow).
+        small = value.is_finite() and value.adjusted() < 19
+        return int(value) if small and value == value.to_integral_value() else float(value)
     return value
 
 

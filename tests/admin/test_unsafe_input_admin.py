@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from django import forms
 from django.urls import reverse
 
+from approvals.forms import _to_json
 from approvals.models import ApprovalRequest, Decision
 from audit.models import AuditEvent
 from audit.services import Actor
@@ -16,6 +18,7 @@ from desk.models import Run, StepRun
 from desk.services import start_run
 from roles.services import create_role, create_role_version
 from tenants.models import ClientRecord
+from tenants.safe_json import UnsafeJSON, check
 from tests.conftest import INTAKE_INPUT
 from tests.publishing import publish
 from tests.runtime import advance
@@ -213,6 +216,16 @@ def test_a_safe_edit_of_the_checkpoint_still_goes_through(client, users, checkpo
     assert Decision.objects.get(request=checkpoint).edited_payload["outputs"] == {
         "estimate": corrected
     }
+
+
+@pytest.mark.parametrize("typed", ["1e999999999", "-1e999999999", str(2**63)])
+def test_a_huge_number_typed_in_a_number_field_is_refused_without_building_it(typed):
+    field = forms.DecimalField(required=False)
+
+    value = _to_json(field, field.clean(typed))
+
+    with pytest.raises(UnsafeJSON, match="Numbers"):
+        check({"draft": {"amount": value}})
 
 
 def test_a_lone_surrogate_posted_in_a_text_field_arrives_replaced_not_as_a_crash(
