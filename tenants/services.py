@@ -160,15 +160,19 @@ def upsert_client_record(
 ) -> ClientRecord:
     """Create or update one client record of a tenant.
 
-    Raises ValidationError (on `data`) when data is not a safe JSON object.
+    Raises ValidationError (on the field) when data is not a JSON object, or a field is not
+    safe JSON (a NUL character, a lone surrogate, ...).
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValidationError({"data": "A client record's data is a JSON object."})
+    fields = {"reference": reference, "kind": kind, "name": name, "email": email}
     try:
-        safe_json.check(data)
+        safe_json.check({**fields, "data": data})
     except safe_json.UnsafeJSON as exc:
-        raise ValidationError({"data": safe_json.validation_error(exc)}) from None
+        field, _, inner = exc.path.partition(".")
+        error = safe_json.UnsafeJSON(exc.message, inner)
+        raise ValidationError({field: safe_json.validation_error(error)}) from None
     with locking.atomic():
         record_obj, created = ClientRecord.objects.update_or_create(
             tenant=tenant,
