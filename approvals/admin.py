@@ -64,6 +64,7 @@ from tenants.admin_scoping import (
     username_of,
 )
 from tenants.permissions import can_operate_tenant, can_review_tenant
+from tenants.safe_json import SafeJSONField
 from tenants.scoping import member_tenant_ids, tenants_for_user
 
 APPROVING = (Decision.Verdict.APPROVE, Decision.Verdict.EDIT)
@@ -697,7 +698,7 @@ class EscalationForm(forms.Form):
     """What an operator does about an escalation, from the outcomes its kind allows."""
 
     outcome = forms.ChoiceField(widget=forms.RadioSelect)
-    output = forms.JSONField(
+    output = SafeJSONField(
         required=False,
         label="Output you provide",
         widget=forms.Textarea(attrs={"rows": 6, "class": "vLargeTextField desk-json"}),

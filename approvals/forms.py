@@ -11,6 +11,7 @@ from django import forms
 
 from approvals.edits import edit_schema
 from approvals.models import Decision
+from tenants.safe_json import SafeJSONField, UnsafeJSON, check, validation_error
 
 PREFIX = "field__"
 
@@ -42,7 +43,7 @@ def _field_for(name: str, schema: dict[str, Any], *, required: bool) -> forms.Fi
         return forms.DecimalField(label=label, help_text=help_text, required=False)
     if kinds == ["boolean"]:
         return forms.BooleanField(label=label, help_text=help_text, required=False)
-    return forms.JSONField(
+    return SafeJSONField(
         label=label,
         help_text=help_text or "JSON",
         required=False,
@@ -54,7 +55,10 @@ def _to_json(field: forms.Field, value: Any) -> Any:
     if isinstance(field, forms.ChoiceField):
         return json.loads(value) if value else None
     if isinstance(value, Decimal):  # JSON numbers: whole ones stay whole
-        return int(value) if value == value.to_integral_value() else float(value)
+        # Beyond 19 digits as a float (inf for 1e999999999), which clean() refuses (safe
+        # JSON), rather than an integer of a billion digits; no arithmetic (it would overflow).
+        small = value.is_finite() and value.adjusted() < 19
+        return int(value) if small and value == value.to_integral_value() else float(value)
     return value
 
 
@@ -129,7 +133,15 @@ class ReviewForm(forms.Form):
         cleaned = super().clean()
         if self.errors:
             return cleaned
-        changed = self.edited_proposal() != self.approval.proposal
+        proposal = self.edited_proposal()
+        try:
+            check(proposal)
+        except UnsafeJSON as exc:
+            # The path starts with "draft", "args" or "outputs"; the field is what follows.
+            _, _, inner = exc.path.partition(".")
+            self.add_error(self.field_name(inner), validation_error(exc))
+            return cleaned
+        changed = proposal != self.approval.proposal
         verdict = cleaned.get("verdict")
         if changed and verdict != Decision.Verdict.EDIT:
             # Unsaved edits are never dropped silently.

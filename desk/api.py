@@ -6,7 +6,7 @@ Every error is `{"error": {"code", "message", "details"}}`; anything of another 
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,7 +22,7 @@ from desk.models import Run, StepRun
 from desk.openapi import OPENAPI
 from desk.services import RunError, start_run_once
 from roles.models import Role
-from tenants import rls
+from tenants import rls, safe_json
 from tenants.scoping import scope_to_tenant
 from tenants.services import authenticate_api_key, count_api_request
 
@@ -34,6 +34,8 @@ RUN_ERROR_STATUS = {
     "idempotency_conflict": 409,
 }
 HIDDEN_OUTPUT_CATEGORIES = {"data_access"}
+IDEMPOTENCY_KEY_MAX_LENGTH = 200  # Run.idempotency_key's max_length
+PRINTABLE_RE = re.compile(r"[ -~]*")  # printable ASCII: bearer keys, Idempotency-Key
 
 
 class ApiError(Exception):
@@ -72,7 +74,10 @@ def api_endpoint(methods: tuple[str, ...]) -> Callable:
                 header = request.headers.get("Authorization", "")
                 if not header.startswith("Bearer "):
                     raise ApiError(401, "unauthenticated", "Send 'Authorization: Bearer <key>'.")
-                api_key = authenticate_api_key(header[len("Bearer ") :].strip())
+                token = header[len("Bearer ") :].strip()
+                # A key is printable ASCII: anything else (a NUL, which PostgreSQL refuses in a
+                # query) is no key, without looking it up.
+                api_key = authenticate_api_key(token) if PRINTABLE_RE.fullmatch(token) else None
                 if api_key is None:
                     raise ApiError(401, "unauthenticated", "Unknown or revoked API key.")
                 allowed, retry_after = count_api_request(api_key=api_key)
@@ -107,9 +112,25 @@ def _json_body(request: HttpRequest) -> Any:
     if len(body) > limit:
         raise ApiError(413, "payload_too_large", f"The body may be at most {limit} bytes.")
     try:
-        return json.loads(body)
+        return safe_json.loads(body)
+    except safe_json.UnsafeJSON as exc:
+        raise ApiError(
+            422, "unsafe_json", f"The body is not safe JSON: {exc}", [exc.as_detail()]
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from None
+
+
+def _idempotency_key(request: HttpRequest) -> str:
+    """The Idempotency-Key header, stripped; "" when absent or blank (no idempotency)."""
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not PRINTABLE_RE.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key is at most {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
+        )
+    return key
 
 
 def _run_links(run: Run) -> dict[str, str]:
@@ -133,6 +154,7 @@ def _iso(value) -> str | None:
 
 @api_endpoint(methods=("POST",))
 def runs_collection(request: HttpRequest, api_key):
+    idempotency_key = _idempotency_key(request)
     body = _json_body(request)
     details = []
     if not isinstance(body, dict):
@@ -148,9 +170,6 @@ def runs_collection(request: HttpRequest, api_key):
     role = scope_to_tenant(Role.objects.all(), api_key.tenant).filter(slug=body["role"]).first()
     if role is None or not api_key.may_start(role.slug):
         raise ApiError(404, "role_not_found", f"No role '{body['role']}' for this key.")
-    idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-    if len(idempotency_key) > 200:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is at most 200 characters.")
     try:
         run, created = start_run_once(
             tenant=api_key.tenant,
@@ -249,9 +268,15 @@ def roles_list(request: HttpRequest, api_key):
     )
 
 
+@csrf_exempt
 def openapi_document(request: HttpRequest):
+    if request.method not in ("GET", "HEAD"):
+        return error_response(
+            ApiError(405, "method_not_allowed", "Use GET.", headers={"Allow": "GET, HEAD"})
+        )
     return JsonResponse(OPENAPI)
 
 
+@csrf_exempt
 def not_found(request: HttpRequest, path: str = ""):
     return error_response(ApiError(404, "not_found", "No such endpoint."))

@@ -1,7 +1,31 @@
 """The OpenAPI document of the intake API, served at /api/v1/openapi.json.
 
-tests/desk/test_api.py checks every route is described and every response matches it.
+It states every status each operation answers and every constraint the server enforces:
+tests/desk/test_api.py checks every route is described and every response matches it, and
+tests/desk/test_api_fuzz.py fuzzes the API from this document (schemathesis).
 """
+
+from tenants.safe_json import MAX_DEPTH, MAX_NUMBER, SAFE_STRING_PATTERN
+
+SAFE_STRING = {"type": "string", "pattern": SAFE_STRING_PATTERN}
+# Any safe JSON value (tenants.safe_json); the nesting limit is stated, not encoded.
+SAFE_VALUE = {
+    "description": f"Safe JSON: no NUL character or lone surrogate in any string or key, "
+    f"finite numbers of magnitude at most {MAX_NUMBER}, nested at most {MAX_DEPTH} deep.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
+        SAFE_STRING,
+        {"type": "array", "items": {"$ref": "#/components/schemas/SafeValue"}},
+        {"$ref": "#/components/schemas/SafeObject"},
+    ],
+}
+SAFE_OBJECT = {
+    "type": "object",
+    "propertyNames": SAFE_STRING,
+    "additionalProperties": {"$ref": "#/components/schemas/SafeValue"},
+}
 
 ERROR = {
     "type": "object",
@@ -58,9 +82,21 @@ def _json(description: str, ref: str) -> dict:
     }
 
 
+def _header(description: str, schema: dict, *, required: bool = True) -> dict:
+    return {"description": description, "required": required, "schema": schema}
+
+
+LOCATION = {"Location": _header("The run's URL.", {"type": "string"})}
 AUTH_ERRORS = {
     "401": _error("Missing, unknown or revoked key."),
-    "429": _error("Over the key's rate limit; see the Retry-After header."),
+    "429": {
+        **_error("Over the key's rate limit; see the Retry-After header."),
+        "headers": {
+            "Retry-After": _header(
+                "Seconds until the next minute's requests.", {"type": "integer", "minimum": 0}
+            )
+        },
+    },
 }
 
 OPENAPI = {
@@ -68,7 +104,12 @@ OPENAPI = {
     "info": {
         "title": "AgentDesk intake API",
         "version": "1",
-        "description": "Start runs of a tenant's AI employees and follow them.",
+        "description": "Start runs of a tenant's AI employees and follow them. Every error "
+        'is JSON: `{"error": {"code", "message", "details"}}`. Bodies are '
+        "`application/json` of at most 64 KiB (DESK_API_MAX_BODY_BYTES), and safe JSON: no "
+        "NUL character or lone surrogate in any string or key, finite numbers of magnitude "
+        f"at most {MAX_NUMBER} (no NaN or Infinity), nested at most {MAX_DEPTH} deep; "
+        "anything else is a 422 with code `unsafe_json`.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearer": []}],
@@ -81,9 +122,11 @@ OPENAPI = {
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "maxLength": 200},
+                        "schema": {"type": "string", "maxLength": 200, "pattern": "^[ -~]*$"},
                         "description": "Repeat a request safely: the same key and body "
-                        "answer with the same run (200); a different body is a 409.",
+                        "answer with the same run (200); a different body is a 409. At most "
+                        "200 printable ASCII characters (else a 400), surrounding spaces "
+                        "ignored. Without it (or blank), every request starts a new run.",
                     }
                 ],
                 "requestBody": {
@@ -93,14 +136,29 @@ OPENAPI = {
                     },
                 },
                 "responses": {
-                    "201": _json("The run was queued.", "RunSummary"),
-                    "200": _json("This Idempotency-Key already started this run.", "RunSummary"),
-                    "400": _error("Malformed JSON or wrong content type."),
+                    "201": {**_json("The run was queued.", "RunSummary"), "headers": LOCATION},
+                    "200": {
+                        **_json("This Idempotency-Key already started this run.", "RunSummary"),
+                        "headers": LOCATION,
+                    },
+                    "400": _error(
+                        "Malformed JSON (`malformed_json`), a content type other than "
+                        "application/json (`unsupported_content_type`) or a bad "
+                        "Idempotency-Key (`invalid_idempotency_key`)."
+                    ),
                     **AUTH_ERRORS,
-                    "404": _error("No such role for this key."),
-                    "409": _error("Idempotency-Key reused with another body, or no version."),
-                    "413": _error("The body is too large."),
-                    "422": _error("The input does not match the role's schema (see details)."),
+                    "403": _error("The tenant is suspended (`tenant_inactive`)."),
+                    "404": _error("No such role for this key (`role_not_found`)."),
+                    "409": _error(
+                        "Idempotency-Key reused with another body (`idempotency_conflict`), "
+                        "or the role has no published version (`no_active_version`)."
+                    ),
+                    "413": _error("The body is too large (`payload_too_large`)."),
+                    "422": _error(
+                        "The body is not an object of `role` and `input` "
+                        "(`invalid_request`), is not safe JSON (`unsafe_json`), or the input "
+                        "does not match the role's schema (`invalid_input`); see details."
+                    ),
                 },
             }
         },
@@ -113,6 +171,7 @@ OPENAPI = {
                         "in": "path",
                         "required": True,
                         "schema": {"type": "integer"},
+                        "description": "A run's id; any other integer is a 404.",
                     }
                 ],
                 "responses": {
@@ -140,13 +199,19 @@ OPENAPI = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": ERROR,
+            "SafeValue": SAFE_VALUE,
+            "SafeObject": SAFE_OBJECT,
             "StartRun": {
                 "type": "object",
                 "required": ["role", "input"],
                 "additionalProperties": False,
                 "properties": {
-                    "role": {"type": "string", "description": "The role's slug."},
-                    "input": {"type": "object", "description": "Matches the role's schema."},
+                    "role": {**SAFE_STRING, "minLength": 1, "description": "The role's slug."},
+                    "input": {
+                        "$ref": "#/components/schemas/SafeObject",
+                        "description": "Matches the role's input schema (GET /api/v1/roles); "
+                        "safe JSON.",
+                    },
                 },
             },
             "RunSummary": {

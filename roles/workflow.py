@@ -55,6 +55,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tenants import safe_json
+
 STEP_KINDS = ("llm", "tool", "review")
 CATEGORIES = (
     "internal",
@@ -536,6 +538,10 @@ def validate_definition(definition: Any) -> None:
     errors: list[str] = []
     if not isinstance(definition, dict):
         raise ValidationError("The definition must be a JSON object with a 'steps' list.")
+    try:
+        safe_json.check(definition)
+    except safe_json.UnsafeJSON as exc:
+        raise ValidationError(f"The definition is not safe JSON: {exc}") from None
     allowed_tools = _check_bundle(definition, errors)
     model = definition.get("model", {})
     if not isinstance(model, dict):

@@ -43,6 +43,7 @@ from tenants.permissions import (
     can_review_tenant,
     can_view_tenant,
 )
+from tenants.safe_json import SafeJSONField
 from tenants.scoping import is_platform_staff, member_tenant_ids, scope_to_user, tenants_for_user
 
 Kind = Membership.Kind
@@ -157,8 +158,9 @@ def pretty_json(value):
     return format_html('<pre class="desk-json">{}</pre>', dump_json(value))
 
 
-class PrettyJSONField(forms.JSONField):
-    """A JSON textarea that shows its value indented, as people read and edit it."""
+class PrettyJSONField(SafeJSONField):
+    """A JSON textarea that shows its value indented, as people read and edit it; it takes
+    only safe JSON (tenants.safe_json)."""
 
     widget = forms.Textarea(attrs={"rows": 18, "class": "vLargeTextField desk-json"})
 

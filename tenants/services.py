@@ -20,7 +20,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.auth_events import chains_context, user_chains
 from audit.services import Actor, apply_changes, lock_chain, record
-from tenants import encryption, locking, rls
+from tenants import encryption, locking, rls, safe_json
 from tenants.locking import Level, lock
 from tenants.models import (
     PROVIDER_KEY_PURPOSE,
@@ -162,12 +162,26 @@ def upsert_client_record(
     email: str = "",
     data=None,
 ) -> ClientRecord:
-    """Create or update one client record of a tenant."""
+    """Create or update one client record of a tenant.
+
+    Raises ValidationError (on the field) when data is not a JSON object, or a field is not
+    safe JSON (a NUL character, a lone surrogate, ...).
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValidationError({"data": "A client record's data is a JSON object."})
+    fields = {"reference": reference, "kind": kind, "name": name, "email": email}
+    try:
+        safe_json.check({**fields, "data": data})
+    except safe_json.UnsafeJSON as exc:
+        field, _, inner = exc.path.partition(".")
+        error = safe_json.UnsafeJSON(exc.message, inner)
+        raise ValidationError({field: safe_json.validation_error(error)}) from None
     with locking.atomic():
         record_obj, created = ClientRecord.objects.update_or_create(
             tenant=tenant,
             reference=reference,
-            defaults={"kind": kind, "name": name, "email": email, "data": data or {}},
+            defaults={"kind": kind, "name": name, "email": email, "data": data},
         )
         record(
             tenant=tenant,

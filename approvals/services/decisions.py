@@ -14,7 +14,7 @@ from approvals.services.errors import DecisionError
 from audit.services import Actor, record
 from desk import events
 from desk import services as desk_services
-from tenants import locking
+from tenants import locking, safe_json
 from tenants.locking import Level, lock
 
 
@@ -62,6 +62,11 @@ def decide(
         )
     if verdict == Decision.Verdict.EDIT and not isinstance(edited_payload, dict):
         raise DecisionError("Edit and approve needs the edited proposal.", code="invalid_edit")
+    if verdict == Decision.Verdict.EDIT:
+        try:
+            safe_json.check(edited_payload)
+        except safe_json.UnsafeJSON as exc:
+            raise DecisionError(str(exc), code="invalid_edit", errors=[exc.as_detail()]) from None
     with locking.atomic():
         # The run and its steps before the request: the lock order (tenants.locking).
         run_id = ApprovalRequest.objects.filter(pk=request.pk).values_list("run_id", flat=True)

@@ -21,6 +21,7 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from desk.providers.base import ModelRequest, ModelResponse, Provider, ProviderError
+from tenants import safe_json
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def parse_completion(data: Any, validator: Draft202012Validator) -> dict[str, An
             return _invalid(f"model refused: {str(refusal)[:_SNIPPET]}")
         return _invalid("choices[0].message.content is missing")
     try:
-        output = json.loads(content)
+        output = safe_json.loads(content)  # UnsafeJSON is a ValueError: a retry, not a crash
     except ValueError as exc:
         return _invalid(f"content is not valid JSON ({exc}): {content[:_SNIPPET]!r}")
     if not isinstance(output, dict):

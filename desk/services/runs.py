@@ -17,7 +17,7 @@ from desk.gates import GateRule, get_gate
 from desk.models import Run, StepRun
 from roles.models import Role, RoleVersion
 from roles.workflow import schema_errors
-from tenants import locking, rls
+from tenants import locking, rls, safe_json
 from tenants.locking import Level, lock
 from tenants.models import Tenant
 
@@ -54,21 +54,9 @@ def _pick_version(role: Role) -> RoleVersion:
     return role.active_version
 
 
-def start_run(
-    *,
-    tenant: Tenant,
-    role: Role,
-    input: dict[str, Any],
-    actor: Actor,
-    via: str,
-    idempotency_key: str = "",
-    api_key=None,
-) -> Run:
-    """Validate the input, pin the role's version and queue a run.
-
-    Raises RunError (codes: tenant_inactive, role_not_found, no_active_version,
-    invalid_input, idempotency_conflict).
-    """
+def _checked_start(*, tenant: Tenant, role: Role, input: Any) -> tuple[Role, RoleVersion]:
+    """The role read afresh and the version a run would be pinned to, once the tenant, the
+    role and the input allow a run. Raises RunError."""
     # Read the role afresh: the version to pin is the one active now, not when `role` was loaded.
     role = Role.objects.select_related("active_version", "canary_version").get(pk=role.pk)
     if role.tenant_id != tenant.pk:
@@ -79,11 +67,31 @@ def start_run(
         raise RunError("no_active_version", f"Role '{role.slug}' has no published version yet.")
     if not isinstance(input, dict):
         raise RunError("invalid_input", "The input must be a JSON object.")
+    try:
+        safe_json.check(input)
+    except safe_json.UnsafeJSON as exc:
+        raise RunError(
+            "invalid_input", f"The input is not safe JSON: {exc}", [exc.as_detail()]
+        ) from None
     # The input must fit the version the run is pinned to (a canary may expect another).
     version = _pick_version(role)
     errors = schema_errors(version.input_schema, input)
     if errors:
         raise RunError("invalid_input", "The input does not match the role's input schema.", errors)
+    return role, version
+
+
+def _create_run(
+    *,
+    tenant: Tenant,
+    role: Role,
+    version: RoleVersion,
+    input: dict[str, Any],
+    actor: Actor,
+    via: str,
+    idempotency_key: str,
+    api_key,
+) -> Run:
     try:
         with locking.atomic():
             run = Run.objects.create(
@@ -129,18 +137,68 @@ def start_run(
     return run
 
 
+def start_run(
+    *,
+    tenant: Tenant,
+    role: Role,
+    input: dict[str, Any],
+    actor: Actor,
+    via: str,
+    idempotency_key: str = "",
+    api_key=None,
+) -> Run:
+    """Validate the input, pin the role's version and queue a run.
+
+    The input must be a safe JSON object (tenants.safe_json) that fits the role's schema.
+    Raises RunError (codes: tenant_inactive, role_not_found, no_active_version,
+    invalid_input, idempotency_conflict).
+    """
+    role, version = _checked_start(tenant=tenant, role=role, input=input)
+    return _create_run(
+        tenant=tenant,
+        role=role,
+        version=version,
+        input=input,
+        actor=actor,
+        via=via,
+        idempotency_key=idempotency_key,
+        api_key=api_key,
+    )
+
+
 def start_run_once(
-    *, tenant: Tenant, role: Role, idempotency_key: str, **kwargs
+    *,
+    tenant: Tenant,
+    role: Role,
+    input: dict[str, Any],
+    actor: Actor,
+    via: str,
+    idempotency_key: str = "",
+    api_key=None,
 ) -> tuple[Run, bool]:
     """Start a run unless this idempotency key already started the same one.
 
-    Returns (run, created). Raises RunError as start_run does, and with code
-    idempotency_conflict when the key was used for a different role or input.
+    The input is validated first, as start_run does, whatever the key. Without a key
+    (`""`) every call starts a new run. Returns (run, created). Raises RunError as
+    start_run does, and with code idempotency_conflict when the key was used for a
+    different role or input.
     """
+    role, version = _checked_start(tenant=tenant, role=role, input=input)
+    if not idempotency_key:
+        return _create_run(
+            tenant=tenant,
+            role=role,
+            version=version,
+            input=input,
+            actor=actor,
+            via=via,
+            idempotency_key="",
+            api_key=api_key,
+        ), True
 
     def existing() -> Run | None:
         run = Run.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
-        if run is not None and (run.role_id != role.pk or run.input != kwargs.get("input")):
+        if run is not None and (run.role_id != role.pk or run.input != input):
             raise RunError(
                 "idempotency_conflict",
                 "This Idempotency-Key was already used with a different role or input.",
@@ -151,7 +209,16 @@ def start_run_once(
     if run is not None:
         return run, False
     try:
-        return start_run(tenant=tenant, role=role, idempotency_key=idempotency_key, **kwargs), True
+        return _create_run(
+            tenant=tenant,
+            role=role,
+            version=version,
+            input=input,
+            actor=actor,
+            via=via,
+            idempotency_key=idempotency_key,
+            api_key=api_key,
+        ), True
     except RunError as exc:
         if exc.code != "idempotency_conflict":
             raise

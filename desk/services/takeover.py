@@ -13,6 +13,7 @@ from desk.gates import get_gate
 from desk.models import Run, StepRun
 from desk.services.runs import RunError, admit_runs, lock_run, ready_next_step
 from roles.workflow import schema_errors
+from tenants import safe_json
 
 
 def _failed_step(run_id: int, step_id: int) -> tuple[Run, list[StepRun], StepRun]:
@@ -66,6 +67,10 @@ def output_errors(run: Run, step: StepRun, output: Any) -> list[dict[str, str]]:
     """How a person's output for `step` fails what the step must produce (empty: valid)."""
     if not isinstance(output, dict):
         return [{"field": "(root)", "message": "The output must be a JSON object."}]
+    try:
+        safe_json.check(output)
+    except safe_json.UnsafeJSON as exc:
+        return [exc.as_detail()]
     if step.kind == "llm":
         schema = run.role_version.definition["steps"][step.index]["output_schema"]
         return schema_errors(schema, output)

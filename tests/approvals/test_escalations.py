@@ -241,3 +241,58 @@ def test_an_auditor_cannot_act_on_an_escalation(client, failed, users):
     escalation.refresh_from_db()
     assert response.status_code == 403
     assert escalation.status == Escalation.Status.OPEN
+
+
+@pytest.mark.parametrize(
+    "summary", ["Lease\x00call", "Lease\ud800call"], ids=["nul", "lone-surrogate"]
+)
+def test_taking_over_with_an_output_no_database_stores_changes_nothing(failed, users, summary):
+    run, escalation = failed
+    events = AuditEvent.objects.count()
+    output = {"category": "existing_matter", "is_urgent": False, "summary": summary}
+
+    with pytest.raises(DecisionError) as caught:
+        resolve_escalation(
+            escalation=escalation,
+            user=users["ops"],
+            resolution="Classified by hand",
+            outcome="taken_over",
+            output=output,
+        )
+
+    escalation.refresh_from_db()
+    run.refresh_from_db()
+    assert caught.value.code == "invalid_output"
+    assert escalation.status == Escalation.Status.OPEN
+    assert run.status == Run.Status.FAILED
+    assert AuditEvent.objects.count() == events
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        '{"category": "other", "is_urgent": false, "summary": "\\u0000"}',
+        '{"category": "other", "is_urgent": false, "summary": "\\udfff"}',
+        '{"category": "other", "summary": ' + "[" * 5000 + "]" * 5000 + "}",
+    ],
+    ids=["nul", "lone-surrogate", "nested-5000-deep"],
+)
+def test_the_escalation_forms_output_refuses_unsafe_json_with_a_form_error(
+    client, failed, users, typed
+):
+    from django.urls import reverse
+
+    _run, escalation = failed
+    client.force_login(users["ops"])
+    events = AuditEvent.objects.count()
+
+    response = client.post(
+        reverse("admin:approvals_escalation_change", args=[escalation.pk]),
+        {"outcome": "taken_over", "output": typed, "resolution": "by hand"},
+    )
+
+    assert response.status_code == 200
+    assert response.context["escalation_form"].errors["output"]
+    escalation.refresh_from_db()
+    assert escalation.status == Escalation.Status.OPEN
+    assert AuditEvent.objects.count() == events

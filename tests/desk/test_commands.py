@@ -94,6 +94,14 @@ class TestStartRun:
             ({"input": "{not json"}, "The input is not valid JSON (--input, line 1 column 2)"),
             ({"input": "@/no/such/file.json"}, "Cannot read the input file /no/such/file.json"),
             ({"input": "[1, 2]"}, "The input must be a JSON object. [invalid_input]"),
+            (
+                {"input": json.dumps({**INTAKE_INPUT, "body": "a\x00b"})},
+                "The input is not safe JSON (--input): body: Contains a NUL character",
+            ),
+            (
+                {"input": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"},
+                "The input is not safe JSON (--input): Nested deeper than 32 levels.",
+            ),
         ],
     )
     def test_bad_arguments_fail_clearly_and_write_nothing(self, harbor, options, message):

@@ -252,6 +252,26 @@ def test_invalid_json_every_time(fake_openai: FakeOpenAIServer) -> None:
     assert fake_openai.request_count == 3
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"summary": "a\\u0000b", "priority": "high", "score": 1, "tags": [], "done": true}',
+        '{"summary": "\\ud800", "priority": "high", "score": 1, "tags": [], "done": true}',
+        '{"summary": "x", "priority": "high", "score": 1, "tags": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"summary": "x", "priority": "high", "score": NaN, "tags": [], "done": true}',
+    ],
+    ids=["nul", "lone-surrogate", "nested-5000-deep", "nan"],
+)
+def test_a_model_answer_no_database_can_store_is_retried_not_a_crash(
+    fake_openai: FakeOpenAIServer, content: str
+) -> None:
+    fake_openai.script(FakeReply.content(content))
+    with sync_provider(fake_openai, []) as provider:
+        response = provider.complete(make_request())
+    assert response.attempts == 2
+    assert response.output == EXPECTED
+
+
 def test_output_not_matching_schema_is_retried(fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(
         FakeReply.output({**EXPECTED, "priority": "urgent"}),  # not in the enum

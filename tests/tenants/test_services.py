@@ -119,6 +119,35 @@ def test_client_record_writes_are_audited(harbor, users):
     ) == ["client_record.created", "client_record.updated", "client_record.deleted"]
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"name": "In\x00es"}, "name"),
+        ({"email": "\ud800@example.com"}, "email"),
+        ({"reference": "C-\x00"}, "reference"),
+        ({"data": ["a", "list"]}, "data"),
+        ({"data": {"notes": {"deep": "\x00"}}}, "data"),
+        ({"data": {"revenue": float("nan")}}, "data"),
+    ],
+)
+def test_a_client_record_no_database_stores_is_refused_and_writes_nothing(
+    harbor, users, changes, field
+):
+    from django.core.exceptions import ValidationError
+
+    from tenants.models import ClientRecord
+    from tenants.services import upsert_client_record
+
+    arguments = {"reference": "C-9", "kind": "contact", "name": "New", **changes}
+    events, records = AuditEvent.objects.count(), ClientRecord.objects.count()
+
+    with pytest.raises(ValidationError) as raised:
+        upsert_client_record(tenant=harbor, actor=Actor.for_user(users["ops"]), **arguments)
+
+    assert list(raised.value.message_dict) == [field]
+    assert (AuditEvent.objects.count(), ClientRecord.objects.count()) == (events, records)
+
+
 def test_a_new_tenant_can_start_with_its_first_operator(users):
     from tenants.models import Tenant
     from tenants.permissions import can_operate_tenant

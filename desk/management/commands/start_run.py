@@ -12,7 +12,7 @@ from audit.services import Actor
 from desk.models import Run
 from desk.services import RunError, start_run
 from roles.models import Role
-from tenants import rls
+from tenants import rls, safe_json
 from tenants.models import Tenant
 from tenants.selectors import tenant_id_for_slug
 
@@ -28,12 +28,14 @@ def parse_input(raw: str) -> Any:
         except OSError as exc:
             raise CommandError(f"Cannot read the input file {path}: {exc.strerror}.") from None
     try:
-        return json.loads(raw)
+        return safe_json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"The input is not valid JSON ({source}, line {exc.lineno} column {exc.colno}): "
             f"{exc.msg}."
         ) from None
+    except safe_json.UnsafeJSON as exc:
+        raise CommandError(f"The input is not safe JSON ({source}): {exc}") from None
 
 
 class Command(BaseCommand):
