@@ -8,7 +8,9 @@ ones refused. Derandomized with a fixed number of examples, so a run is repeatab
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 
 from audit.services import Actor
@@ -30,6 +32,18 @@ FUZZ_SETTINGS = settings(
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
+
+
+@pytest.fixture(autouse=True)
+def keep_the_tests_connection():
+    """The WSGI handler closes the database connection after each request (a connection
+    in a transaction is closed as unusable on PostgreSQL), and the test's transaction with
+    it; Django's test client keeps it open the same way, for the same reason."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
