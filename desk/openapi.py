@@ -3,6 +3,8 @@
 tests/desk/test_api.py checks every route is described and every response matches it.
 """
 
+from tenants.ids import MAX_ID
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -19,8 +21,12 @@ ERROR = {
     },
 }
 
+# Ids are random (tenants.ids): not ordered, not consecutive, and within JavaScript's exact
+# integer range.
+RANDOM_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
 RUN_SUMMARY_PROPERTIES = {
-    "id": {"type": "integer"},
+    "id": RANDOM_ID,
     "status": {
         "enum": [
             "queued",
@@ -221,7 +227,7 @@ OPENAPI = {
                                     "due_at",
                                 ],
                                 "properties": {
-                                    "id": {"type": "integer"},
+                                    "id": RANDOM_ID,
                                     "step": {"type": "string"},
                                     "category": {"type": "string"},
                                     "required_approvals": {"type": "integer"},

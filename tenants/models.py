@@ -3,6 +3,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from tenants.ids import RandomIdField
+
 # Audit payloads are kept at least this long, whatever a tenant asks (a database constraint).
 MIN_RETENTION_DAYS = 30
 
@@ -14,6 +16,8 @@ class TenantQuerySet(models.QuerySet):
 
 class Tenant(models.Model):
     """A client firm. Everything an AI employee does belongs to exactly one tenant."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -44,7 +48,7 @@ class Tenant(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
     objects = TenantQuerySet.as_manager()
 
     class Meta:
@@ -74,6 +78,8 @@ class Tenant(models.Model):
 class Membership(models.Model):
     """A user's part in one tenant; guardian permissions on the Tenant follow from these rows."""
 
+    id = RandomIdField(primary_key=True)
+
     class Kind(models.TextChoices):
         OPERATOR = "operator", "Operator"
         REVIEWER = "reviewer", "Reviewer"
@@ -86,7 +92,7 @@ class Membership(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         constraints = [
@@ -101,6 +107,8 @@ class Membership(models.Model):
 
 class ClientRecord(models.Model):
     """Tenant data that AI employees may read through tools (contacts, matters, figures)."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="records")
     kind = models.SlugField(max_length=40, help_text="Data kind, e.g. contact, matter, ledger.")
@@ -125,6 +133,8 @@ class ClientRecord(models.Model):
 class ApiKey(models.Model):
     """A tenant's bearer key for the intake API. Only a hash is stored; the key is shown once."""
 
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True, help_text="Identifies the key in logs.")
@@ -140,7 +150,9 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords(excluded_fields=["last_used_at", "key_hash"])
+    history = HistoricalRecords(
+        history_id_field=RandomIdField(), excluded_fields=["last_used_at", "key_hash"]
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -191,6 +203,8 @@ class PlatformStaff(models.Model):
 
 class BreakGlassGrant(models.Model):
     """Time-boxed, read-only access of one platform-staff member to one tenant."""
+
+    id = RandomIdField(primary_key=True)
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glass_grants"

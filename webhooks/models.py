@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from tenants.ids import RandomIdField
+
 # What an endpoint may subscribe to, and what each means.
 EVENT_TYPES = {
     "run.completed": "A run finished all its steps.",
@@ -23,6 +25,8 @@ class WebhookEndpoint(models.Model):
     every other field.
     """
 
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.PROTECT, related_name="webhook_endpoints"
     )
@@ -40,7 +44,7 @@ class WebhookEndpoint(models.Model):
     secret_rotated_at = models.DateTimeField(null=True, blank=True)
     deactivated_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords(excluded_fields=["secret"])
+    history = HistoricalRecords(history_id_field=RandomIdField(), excluded_fields=["secret"])
 
     class Meta:
         verbose_name = "webhook endpoint"

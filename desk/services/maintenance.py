@@ -203,7 +203,9 @@ def expire_leases(*, tenant_id: int, now) -> int:
         steps = StepRun.objects.filter(
             tenant_id=tenant_id, status=StepRun.Status.RUNNING, lease_expires_at__lt=now
         )
-        for step in lock(steps.order_by("pk"), Level.STEP, skip_locked=True)[:SWEEP_LIMIT]:
+        for step in lock(steps.order_by("lease_expires_at", "pk"), Level.STEP, skip_locked=True)[
+            :SWEEP_LIMIT
+        ]:
             record(
                 tenant=tenant_id,
                 actor=Actor.system("reaper"),
