@@ -34,8 +34,13 @@ def keys(harbor, northwind):
 
 def start_alternately(client, keys) -> list[int]:
     ids = []
-    for _, key in itertools.product(range(RUNS_EACH), keys):
-        response = post(client, key, {"role": "intake-coordinator", "input": INTAKE_INPUT})
+    for number, key in itertools.product(range(RUNS_EACH), keys):
+        response = post(
+            client,
+            key,
+            {"role": "intake-coordinator", "input": INTAKE_INPUT},
+            **{"Idempotency-Key": f"message-{number}"},
+        )
         assert response.status_code == 201
         ids.append(response.json()["id"])
     return ids
@@ -55,7 +60,7 @@ def test_approval_request_ids_of_two_tenants_do_not_reveal_each_others_volume(cl
     run_ids = start_alternately(client, keys)
 
     request_ids = []
-    for run_id, key in zip(run_ids, itertools.cycle(keys), strict=True):
+    for run_id, key in zip(run_ids, itertools.cycle(keys)):
         advance(run_id)
         pending = get(client, key, f"/api/v1/runs/{run_id}").json()["pending_approval"]
         request_ids.append(pending["id"])
