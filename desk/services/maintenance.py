@@ -136,7 +136,8 @@ def reap(*, now=None) -> dict[str, int]:
                 run__status=Run.Status.RUNNING,
                 ready_at__lt=stalled_before,
             )
-            .order_by("ready_at")
+            # Longest waiting first; among equals, the oldest run (ids are random).
+            .order_by("ready_at", "run__created_at", "run_id")
             .values_list("run_id", "tenant_id")[:SWEEP_LIMIT]
         )
         undelivered = set(
