@@ -513,7 +513,12 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
                 dump_json(earlier_step.output) if earlier_step.output is not None else ""
             )
         definition = step_definition(run, step)
-        my_decision = approval.decisions.current().filter(reviewer=request.user).first()
+        my_decision = (
+            approval.decisions.current()
+            .filter(reviewer=request.user)
+            .order_by("created_at", "pk")
+            .first()
+        )
         barred = barred_reason(request.user, approval)
         may_decide = (
             approval.is_pending
@@ -959,7 +964,7 @@ class ReviewerGroupForm(forms.ModelForm):
             .distinct()
             .order_by("username")
         )
-        if self.instance.pk:
+        if not self.instance._state.adding:
             self.fields["members"].initial = list(
                 self.instance.memberships.values_list("user_id", flat=True)
             )

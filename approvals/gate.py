@@ -165,7 +165,7 @@ class ApprovalGate:
         request = (
             ApprovalRequest.objects.filter(step=step, status=ApprovalRequest.Status.APPROVED)
             .select_related("tenant", "run__role_version", "run__api_key")
-            .order_by("-pk")
+            .order_by("-created_at", "-pk")
             .first()
         )
         return request is not None and quorum_holds(request)
@@ -175,7 +175,7 @@ class ApprovalGate:
     ) -> None:
         previous = (
             ApprovalRequest.objects.filter(step=step, status=ApprovalRequest.Status.RETURNED)
-            .order_by("-pk")
+            .order_by("-created_at", "-pk")
             .first()
         )
         due_at = timezone.now() + timedelta(minutes=rule.due_minutes)

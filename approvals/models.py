@@ -2,10 +2,14 @@ from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from tenants.ids import RandomIdField
+
 
 class ReviewerGroup(models.Model):
     """A named set of a tenant's reviewers (partners, senior reviewers): requests are
     assigned to it, and a policy may require one approval from each of several groups."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.CASCADE, related_name="reviewer_groups"
@@ -26,6 +30,8 @@ class ReviewerGroup(models.Model):
 
 
 class GroupMember(models.Model):
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     group = models.ForeignKey(ReviewerGroup, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
@@ -44,6 +50,8 @@ class ApprovalPolicy(models.Model):
 
     It is a floor: a role version's own approval rules (in its bundle) may tighten it, never
     loosen it (approvals.gate.effective_rule). A category without a policy is gated."""
+
+    id = RandomIdField(primary_key=True)
 
     class Mode(models.TextChoices):
         AUTO = "auto", "Run automatically"
@@ -92,7 +100,7 @@ class ApprovalPolicy(models.Model):
     )
 
     # Approver groups change through PolicyChange, which keeps the before and after.
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         verbose_name_plural = "approval policies"
@@ -119,6 +127,8 @@ class ApprovalPolicy(models.Model):
 
 class ApprovalRequest(models.Model):
     """A gate on one step: what is proposed, how many approvals it needs, by when."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -230,6 +240,8 @@ class DecisionQuerySet(models.QuerySet):
 class Decision(models.Model):
     """One reviewer's verdict on one version of an approval request's proposal."""
 
+    id = RandomIdField(primary_key=True)
+
     class Verdict(models.TextChoices):
         APPROVE = "approve", "Approve"
         EDIT = "edit", "Edit and approve"
@@ -279,6 +291,8 @@ class Decision(models.Model):
 class Escalation(models.Model):
     """Something a person must look at: a failed step, a missed due time."""
 
+    id = RandomIdField(primary_key=True)
+
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         RESOLVED = "resolved", "Resolved"
@@ -326,6 +340,8 @@ class Delegation(models.Model):
     The delegate decides as themselves (four eyes applies to them); the decision records
     the delegator it was made for."""
 
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     delegator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
@@ -358,6 +374,8 @@ class Delegation(models.Model):
 
 class PolicyChange(models.Model):
     """A proposed change to an approval policy; it applies once a second operator approves."""
+
+    id = RandomIdField(primary_key=True)
 
     class Action(models.TextChoices):
         CREATE = "create", "Create"
@@ -402,6 +420,8 @@ class ApprovalLink(models.Model):
     Only the SHA-256 of the token is stored; the token itself is only ever in the e-mail.
     Opening the link shows a confirmation page (mail scanners prefetch links); the decision
     is a POST, made once, for the proposal version the e-mail showed, before it expires."""
+
+    id = RandomIdField(primary_key=True)
 
     class Action(models.TextChoices):
         APPROVE = "approve", "Approve"

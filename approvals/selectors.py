@@ -80,7 +80,10 @@ def standing_approvals(request: ApprovalRequest) -> list[Decision]:
     """The approvals that count now: of the current version, not dismissed, by people who
     are reviewers of the tenant at this moment and whom four eyes does not bar."""
     decisions = list(
-        request.decisions.current().approving().filter(version=request.version).order_by("pk")
+        request.decisions.current()
+        .approving()
+        .filter(version=request.version)
+        .order_by("created_at", "pk")
     )
     if not decisions:
         return []
@@ -137,7 +140,9 @@ def earlier_rounds(request: ApprovalRequest) -> list[dict]:
     while current is not None and seen < 20:
         feedback = [
             d.comment
-            for d in current.decisions.filter(verdict=Decision.Verdict.REVISE).order_by("pk")
+            for d in current.decisions.filter(verdict=Decision.Verdict.REVISE).order_by(
+                "created_at", "pk"
+            )
         ]
         rounds.append(
             {

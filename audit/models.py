@@ -1,9 +1,13 @@
 from django.conf import settings
 from django.db import models
 
+from tenants.ids import RandomIdField
+
 
 class AuditChain(models.Model):
     """The head of one tenant's hash chain; locked to append the next event in order."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.OneToOneField(
         "tenants.Tenant", on_delete=models.CASCADE, null=True, related_name="audit_chain"
@@ -27,6 +31,8 @@ class AuditEvent(models.Model):
     References to users, runs, steps and role versions are plain ids (no database
     constraint): the audit log outlives what it describes and depends on tenants only.
     """
+
+    id = RandomIdField(primary_key=True)
 
     class ActorType(models.TextChoices):
         USER = "user", "User"

@@ -53,7 +53,7 @@ def approve_pending(tenant, reviewer, limit: int = 200) -> int:
 
     pending = list(
         ApprovalRequest.objects.filter(tenant=tenant, status=ApprovalRequest.Status.PENDING)
-        .order_by("pk")
+        .order_by("created_at", "pk")
         .only("pk")[:limit]
     )
     decided = 0

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit import proof
 from bench import common
+from tenants.ids import random_id
 
 # The table's columns in the export's order (audit.proof.EXPORT_COLUMNS).
 TABLE_COLUMNS = [
@@ -44,7 +45,10 @@ def load_events(db: common.BenchDB, tenant_id: int, count: int) -> None:
         conn.execute("SET session_replication_role = replica")
         with (
             conn.cursor() as cursor,
-            cursor.copy(f"COPY audit_auditevent ({', '.join(TABLE_COLUMNS)}) FROM STDIN") as copy,
+            # The id is drawn here as the ORM would (tenants.ids): the column generates none.
+            cursor.copy(
+                f"COPY audit_auditevent (id, {', '.join(TABLE_COLUMNS)}) FROM STDIN"
+            ) as copy,
         ):
             for i in range(count):
                 seq += 1
@@ -72,6 +76,7 @@ def load_events(db: common.BenchDB, tenant_id: int, count: int) -> None:
                 digest = proof.event_hash(fields)
                 copy.write_row(
                     [
+                        random_id(),
                         *(fields[k] for k in proof.HASHED_FIELDS),
                         reason,
                         json.dumps(data),

@@ -21,7 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
 
-BENCHMARKS = ["orchestration", "model_bound", "resume", "noisy", "parked", "export", "scale", "chaos"]
+BENCHMARKS = [
+    "orchestration",
+    "model_bound",
+    "resume",
+    "noisy",
+    "parked",
+    "export",
+    "scale",
+    "chaos",
+]
 NOT_QUICK = {"chaos"}
 SCRIPT_TIMEOUT = 20 * 60  # seconds; a script that runs longer is stopped (SIGTERM, then KILL)
 RESTART_RETRIES = 2

@@ -5,6 +5,7 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 from desk.transitions import HasTransitions, TransitionQuerySet
+from tenants.ids import RandomIdField
 from tenants.locking import Level
 
 
@@ -18,6 +19,8 @@ class RunQuerySet(TransitionQuerySet):
 
 class Run(HasTransitions, models.Model):
     """One piece of work for one tenant, pinned to one role version."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -117,6 +120,8 @@ class StepRun(HasTransitions, models.Model):
     A step is `ready` when a worker may take it now (the run's next step, admitted); while a
     worker executes it, it is `running` under a lease the worker renews by heartbeat.
     """
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -220,6 +225,8 @@ class OutboxMessage(models.Model):
     whose receivers dedupe (webhooks) hands it over again (desk.services.outbox).
     """
 
+    id = RandomIdField(primary_key=True)
+
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         SENDING = "sending", "Sending"
@@ -265,6 +272,8 @@ class OutboxAttempt(models.Model):
     """One hand-over of an outbox message, whatever its channel and outcome: started when
     the message is claimed, finished when the outcome is recorded. One left unfinished is a
     hand-over whose worker stopped first."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
     message = models.ForeignKey(
@@ -318,6 +327,8 @@ class ModelPrice(models.Model):
 
 class TenantUsage(models.Model):
     """A tenant's model usage in one calendar month, kept current by every checkpoint."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="usage")
     month = models.DateField(help_text="The first day of the month.")

@@ -5,6 +5,7 @@ tests/desk/test_api.py checks every route is described and every response matche
 tests/desk/test_api_fuzz.py fuzzes the API from this document (schemathesis).
 """
 
+from tenants.ids import MAX_ID
 from tenants.safe_json import MAX_DEPTH, MAX_NUMBER, SAFE_STRING_PATTERN
 
 SAFE_STRING = {"type": "string", "pattern": SAFE_STRING_PATTERN}
@@ -43,8 +44,12 @@ ERROR = {
     },
 }
 
+# Ids are random (tenants.ids): not ordered, not consecutive, and within JavaScript's exact
+# integer range.
+RANDOM_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
 RUN_SUMMARY_PROPERTIES = {
-    "id": {"type": "integer"},
+    "id": RANDOM_ID,
     "status": {
         "enum": [
             "queued",
@@ -286,7 +291,7 @@ OPENAPI = {
                                     "due_at",
                                 ],
                                 "properties": {
-                                    "id": {"type": "integer"},
+                                    "id": RANDOM_ID,
                                     "step": {"type": "string"},
                                     "category": {"type": "string"},
                                     "required_approvals": {"type": "integer"},

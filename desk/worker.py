@@ -54,10 +54,15 @@ def ready_runs(
         ranked = (
             ready.exclude(run_id__in=exclude)
             .annotate(
-                rank=Window(RowNumber(), partition_by=[F("tenant_id")], order_by=F("run_id").asc())
+                rank=Window(
+                    RowNumber(),
+                    partition_by=[F("tenant_id")],
+                    # Oldest first: by when the run was made (ids are random, tenants.ids).
+                    order_by=[F("run__created_at").asc(), F("run_id").asc()],
+                )
             )
             .annotate(turn=F("rank") * 1.0 / F("tenant__priority_weight"))
-            .order_by("turn", "run_id")
+            .order_by("turn", "run__created_at", "run_id")
             .values_list("run_id", "tenant_id")[:limit]
         )
         return list(ranked)

@@ -145,7 +145,9 @@ class GoldenCaseAdmin(TenantScopedHistoryAdmin):
 
     @admin.display(description="results")
     def latest_results(self, obj):
-        results = obj.results.select_related("suite_run__version").order_by("-pk")[:10]
+        results = obj.results.select_related("suite_run__version").order_by("-created_at", "-pk")[
+            :10
+        ]
         if not results:
             return "No suite run has evaluated this case yet."
         return format_html(

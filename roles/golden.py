@@ -258,7 +258,9 @@ def _enqueue(suite_run_id: int) -> None:
 
 
 def active_cases(role_id: int):
-    return GoldenCase.objects.filter(role_id=role_id, retired_at__isnull=True).order_by("pk")
+    return GoldenCase.objects.filter(role_id=role_id, retired_at__isnull=True).order_by(
+        "created_at", "pk"
+    )
 
 
 def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
@@ -276,7 +278,7 @@ def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
         running = (
             SuiteRun.objects.filter(version=version, bundle_digest=digest)
             .exclude(status__in=SuiteRun.FINISHED)
-            .order_by("-pk")
+            .order_by("-created_at", "-pk")
             .first()
         )
         if running is not None:
@@ -576,7 +578,9 @@ def regression_gate(version: RoleVersion) -> GateReport:
                 f"{version.role.name} has no active golden cases: nothing shows it works."
             )
         suite = (
-            SuiteRun.objects.filter(version=version, bundle_digest=digest).order_by("-pk").first()
+            SuiteRun.objects.filter(version=version, bundle_digest=digest)
+            .order_by("-created_at", "-pk")
+            .first()
         )
         baseline = SuiteRun.objects.filter(role_id=version.role_id, is_baseline=True).first()
         results = {}
@@ -603,13 +607,14 @@ def regression_gate(version: RoleVersion) -> GateReport:
             SuiteRun.objects.filter(
                 version_id=version.role.active_version_id, status__in=SuiteRun.FINISHED
             )
-            .order_by("-pk")
+            .order_by("-created_at", "-pk")
             .first()
         )
         active_results = {r.case_id: r for r in active_suite.results.all()} if active_suite else {}
         rows = []
         finished = suite is not None and suite.is_finished
-        for case_id in sorted(cases):
+        # Cases in the order they were written, as everywhere golden cases are listed.
+        for case_id in sorted(cases, key=lambda pk: (cases[pk].created_at, pk)):
             case = cases[case_id]
             result = results.get(case_id)
             base = baseline_results.get(case_id)

@@ -6,11 +6,14 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 from roles.workflow import BUNDLE_DEFAULTS
+from tenants.ids import RandomIdField
 
 
 class Role(models.Model):
     """An AI employee's job within one tenant: its name, and which of its versions new runs
     use. Everything that decides behaviour is in the versions (RoleVersion.definition)."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="roles")
     slug = models.SlugField(max_length=60)
@@ -25,7 +28,7 @@ class Role(models.Model):
     canary_percent = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         constraints = [
@@ -48,6 +51,8 @@ class RoleVersion(models.Model):
     """A numbered snapshot of a role's whole bundle (roles.workflow); a draft is edited
     freely, a published version never changes."""
 
+    id = RandomIdField(primary_key=True)
+
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         PUBLISHED = "published", "Published"
@@ -69,7 +74,7 @@ class RoleVersion(models.Model):
     )
     published_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         constraints = [
@@ -128,6 +133,8 @@ class Publication(models.Model):
     the draft. An approved publication makes the version published (ready); putting it in
     front of runs (activate, canary) is a separate, confirmed step."""
 
+    id = RandomIdField(primary_key=True)
+
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting for a second operator"
         APPROVED = "approved", "Approved"
@@ -179,6 +186,8 @@ class GoldenCase(models.Model):
     """An input and what a good answer to it looks like; every version of the role must keep
     passing it. Retired, never deleted, so a case that disappears is seen by the gate."""
 
+    id = RandomIdField(primary_key=True)
+
     class Source(models.TextChoices):
         MANUAL = "manual", "Written by hand"
         DECISION = "decision", "A reviewer's edit"
@@ -207,7 +216,7 @@ class GoldenCase(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         constraints = [
@@ -224,6 +233,8 @@ class GoldenCase(models.Model):
 
 class SuiteRun(models.Model):
     """One run of a role's golden cases against one version's bundle, as it was at start."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -275,6 +286,8 @@ class SuiteRun(models.Model):
 
 class CaseResult(models.Model):
     """What one golden case gave on one suite run."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         PASSED = "passed", "Passed"

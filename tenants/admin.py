@@ -34,7 +34,13 @@ from tenants.admin_scoping import (
 from tenants.models import ApiKey, BreakGlassGrant, ClientRecord, Membership, Tenant
 from tenants.permissions import can_operate_tenant
 from tenants.scoping import is_platform_staff
-from tenants.selectors import active_tenants, break_glass_tenants, open_break_glass_grants
+from tenants.selectors import (
+    NoSuchAccount,
+    account_named,
+    active_tenants,
+    break_glass_tenants,
+    open_break_glass_grants,
+)
 from tenants.services import (
     TENANT_SETTINGS,
     change_membership_kind,
@@ -342,6 +348,32 @@ class TenantAdmin(TenantScopedHistoryAdmin):
 # --- memberships and client records ----------------------------------------------------------
 
 
+class MembershipAddForm(forms.ModelForm):
+    """Adding a member: the operator types the person's username or e-mail address exactly.
+
+    No list of accounts is offered (it would show every tenant's people). What an exact
+    match tells is unavoidable and no more: that an account answers to a name or address the
+    operator already had; the page shows nothing else of it until it is a member here.
+    """
+
+    person = forms.CharField(
+        label="Username or e-mail address",
+        max_length=254,
+        help_text="Typed exactly as the person's account has it; accounts are not listed.",
+    )
+
+    class Meta:
+        model = Membership
+        fields = ("tenant", "kind")
+
+    def clean_person(self):
+        try:
+            self.instance.user = account_named(self.cleaned_data["person"])
+        except NoSuchAccount as refused:
+            raise ValidationError(str(refused)) from None
+        return self.cleaned_data["person"]
+
+
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedHistoryAdmin):
     view_access = "audit"
@@ -361,8 +393,13 @@ class MembershipAdmin(TenantScopedHistoryAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("user", "tenant", "kind")
+            return ("person", "tenant", "kind")
         return ("member", "user_name", "tenant", "kind", "created_at")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = MembershipAddForm
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         # Moving a membership to another person or tenant is a revoke and a grant.

@@ -99,7 +99,16 @@ def scoped_choices(model, user) -> models.QuerySet | None:
     if model is Tenant:
         return tenants_for_user(user, kinds=operators).order_by("name")
     if model is get_user_model():
-        return model._default_manager.filter(is_active=True, is_staff=True).order_by("username")
+        # People of the tenants the user operates: never a list of every account.
+        return (
+            model._default_manager.filter(
+                is_active=True,
+                is_staff=True,
+                memberships__tenant_id__in=member_tenant_ids(user, kinds=operators),
+            )
+            .distinct()
+            .order_by("username")
+        )
     if has_tenant_field(model):
         return scope_to_user(model._default_manager.all(), user, kinds=operators)
     return None

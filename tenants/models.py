@@ -5,6 +5,7 @@ from simple_history.models import HistoricalRecords
 
 from tenants import encryption
 from tenants.encryption import PREFIX as SEALED_PREFIX
+from tenants.ids import RandomIdField
 
 # What a tenant's provider key is sealed for (tenants.encryption binds it to the tenant).
 PROVIDER_KEY_PURPOSE = "provider_api_key"
@@ -20,6 +21,8 @@ class TenantQuerySet(models.QuerySet):
 
 class Tenant(models.Model):
     """A client firm. Everything an AI employee does belongs to exactly one tenant."""
+
+    id = RandomIdField(primary_key=True)
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -54,7 +57,9 @@ class Tenant(models.Model):
     provider_api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     provider_api_key_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    history = HistoricalRecords(excluded_fields=["provider_api_key_encrypted"])
+    history = HistoricalRecords(
+        history_id_field=RandomIdField(), excluded_fields=["provider_api_key_encrypted"]
+    )
     objects = TenantQuerySet.as_manager()
 
     class Meta:
@@ -105,6 +110,8 @@ class Tenant(models.Model):
 class Membership(models.Model):
     """A user's part in one tenant; guardian permissions on the Tenant follow from these rows."""
 
+    id = RandomIdField(primary_key=True)
+
     class Kind(models.TextChoices):
         OPERATOR = "operator", "Operator"
         REVIEWER = "reviewer", "Reviewer"
@@ -117,7 +124,7 @@ class Membership(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(history_id_field=RandomIdField())
 
     class Meta:
         constraints = [
@@ -132,6 +139,8 @@ class Membership(models.Model):
 
 class ClientRecord(models.Model):
     """Tenant data that AI employees may read through tools (contacts, matters, figures)."""
+
+    id = RandomIdField(primary_key=True)
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="records")
     kind = models.SlugField(max_length=40, help_text="Data kind, e.g. contact, matter, ledger.")
@@ -156,6 +165,8 @@ class ClientRecord(models.Model):
 class ApiKey(models.Model):
     """A tenant's bearer key for the intake API. Only a hash is stored; the key is shown once."""
 
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True, help_text="Identifies the key in logs.")
@@ -171,7 +182,9 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords(excluded_fields=["last_used_at", "key_hash"])
+    history = HistoricalRecords(
+        history_id_field=RandomIdField(), excluded_fields=["last_used_at", "key_hash"]
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -222,6 +235,8 @@ class PlatformStaff(models.Model):
 
 class BreakGlassGrant(models.Model):
     """Time-boxed, read-only access of one platform-staff member to one tenant."""
+
+    id = RandomIdField(primary_key=True)
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glass_grants"

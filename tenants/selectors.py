@@ -57,3 +57,38 @@ def open_break_glass_grants(user) -> list[BreakGlassGrant]:
         .select_related("tenant")
         .order_by("expires_at")
     )
+
+
+class NoSuchAccount(LookupError):
+    """No one account answers to what was typed."""
+
+
+def account_named(identifier: str):
+    """The active staff account whose username is exactly `identifier`, or else the one whose
+    e-mail address it is (case aside).
+
+    Only an exact match finds anyone: an operator adding a member learns that an account
+    exists under a name or address they already knew, and nothing else about it (not its
+    tenants, not its other details); nobody is listed or suggested.
+    Raises NoSuchAccount when no account, or more than one, answers.
+    """
+    from django.contrib.auth import get_user_model
+
+    identifier = identifier.strip()
+    accounts = get_user_model().objects.filter(is_active=True, is_staff=True)
+    if not identifier:
+        raise NoSuchAccount("Type the person's username or e-mail address.")
+    found = accounts.filter(username=identifier).first()
+    if found is not None:
+        return found
+    by_email = list(accounts.filter(email__iexact=identifier)[:2])
+    if len(by_email) == 1:
+        return by_email[0]
+    if by_email:
+        raise NoSuchAccount(
+            "More than one account has this e-mail address: type the person's username."
+        )
+    raise NoSuchAccount(
+        "No account has this username or e-mail address. Platform staff make accounts: ask "
+        "them to make one for this person, then add them here."
+    )

@@ -4,6 +4,7 @@ from simple_history.models import HistoricalRecords
 
 from tenants import encryption
 from tenants.encryption import PREFIX as SEALED_PREFIX
+from tenants.ids import RandomIdField
 
 # What an endpoint may subscribe to, and what each means.
 EVENT_TYPES = {
@@ -28,6 +29,8 @@ class WebhookEndpoint(models.Model):
     encrypted (tenants.encryption); history keeps every other field.
     """
 
+    id = RandomIdField(primary_key=True)
+
     tenant = models.ForeignKey(
         "tenants.Tenant", on_delete=models.PROTECT, related_name="webhook_endpoints"
     )
@@ -45,7 +48,9 @@ class WebhookEndpoint(models.Model):
     secret_rotated_at = models.DateTimeField(null=True, blank=True)
     deactivated_at = models.DateTimeField(null=True, blank=True)
 
-    history = HistoricalRecords(excluded_fields=["encrypted_secret"])
+    history = HistoricalRecords(
+        history_id_field=RandomIdField(), excluded_fields=["encrypted_secret"]
+    )
 
     class Meta:
         verbose_name = "webhook endpoint"

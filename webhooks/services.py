@@ -328,7 +328,7 @@ def emit(
     endpoints = [
         endpoint
         for endpoint in scope_to_tenant(WebhookEndpoint.objects.filter(is_active=True), tenant_id)
-        .order_by("pk")
+        .order_by("created_at", "pk")
         .only("pk", "tenant_id", "event_types")
         if event_type in (endpoint.event_types or [])
     ]

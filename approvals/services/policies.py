@@ -38,7 +38,9 @@ def policy_values(policy: ApprovalPolicy) -> dict[str, Any]:
     values["escalate_to_group"] = policy.escalate_to_group_id
     values["escalate_to_user"] = policy.escalate_to_user_id
     values["approver_groups"] = (
-        sorted(policy.approver_groups.values_list("pk", flat=True)) if policy.pk else []
+        sorted(policy.approver_groups.values_list("pk", flat=True))
+        if not policy._state.adding
+        else []
     )
     return values
 

@@ -176,7 +176,11 @@ def save_reviewer_group(
         raise ValidationError({"members": f"Members must be reviewers of {tenant}."})
     with locking.atomic():
         group = group or ReviewerGroup(tenant=tenant)
-        before = set(group.memberships.values_list("user_id", flat=True)) if group.pk else set()
+        before = (
+            set(group.memberships.values_list("user_id", flat=True))
+            if not group._state.adding
+            else set()
+        )
         group.name = name
         try:
             group.full_clean(exclude=["members"])

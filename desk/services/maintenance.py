@@ -136,7 +136,8 @@ def reap(*, now=None) -> dict[str, int]:
                 run__status=Run.Status.RUNNING,
                 ready_at__lt=stalled_before,
             )
-            .order_by("ready_at")
+            # Longest waiting first; among equals, the oldest run (ids are random).
+            .order_by("ready_at", "run__created_at", "run_id")
             .values_list("run_id", "tenant_id")[:SWEEP_LIMIT]
         )
         undelivered = set(
@@ -203,7 +204,9 @@ def expire_leases(*, tenant_id: int, now) -> int:
         steps = StepRun.objects.filter(
             tenant_id=tenant_id, status=StepRun.Status.RUNNING, lease_expires_at__lt=now
         )
-        for step in lock(steps.order_by("pk"), Level.STEP, skip_locked=True)[:SWEEP_LIMIT]:
+        for step in lock(steps.order_by("lease_expires_at", "pk"), Level.STEP, skip_locked=True)[
+            :SWEEP_LIMIT
+        ]:
             record(
                 tenant=tenant_id,
                 actor=Actor.system("reaper"),

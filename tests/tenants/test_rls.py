@@ -7,6 +7,7 @@ from django.db import connection
 from audit.services import Actor
 from desk.services import start_run
 from tenants import rls
+from tenants.ids import random_id
 from tests.conftest import INTAKE_INPUT
 from tests.runtime import advance
 
@@ -96,9 +97,10 @@ def test_another_tenants_rows_cannot_be_changed_or_created(harbor_run, northwind
     assert updated == []
     with pytest.raises(DatabaseError, match="row-level security"), rls.tenant_context(northwind.pk):
         fetch(
-            "INSERT INTO tenants_clientrecord (tenant_id, kind, reference, name, email, data,"
-            " updated_at) VALUES (%s, 'contact', 'X', 'x', '', '{}', now()) RETURNING id",
-            [harbor_run.tenant_id],
+            "INSERT INTO tenants_clientrecord (id, tenant_id, kind, reference, name, email,"
+            " data, updated_at) VALUES (%s, %s, 'contact', 'X', 'x', '', '{}', now())"
+            " RETURNING id",
+            [random_id(), harbor_run.tenant_id],
         )
 
 

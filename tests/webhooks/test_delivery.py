@@ -44,7 +44,7 @@ def complete(run, users, doorbells) -> Run:
 
 
 def webhook_messages(**filters):
-    return OutboxMessage.objects.filter(channel="webhook", **filters).order_by("pk")
+    return OutboxMessage.objects.filter(channel="webhook", **filters).order_by("created_at", "pk")
 
 
 def test_a_completed_run_arrives_signed_through_the_outbox(
