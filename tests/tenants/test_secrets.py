@@ -586,7 +586,7 @@ def test_the_migration_encrypts_plain_secrets_in_place_and_refuses_without_a_key
 ):
     from django.db.migrations.executor import MigrationExecutor
 
-    before, after = [("webhooks", "0001_initial")], [("webhooks", "0002_encrypted_secret")]
+    before, after = [("webhooks", "0002_random_ids")], [("webhooks", "0003_encrypted_secret")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     old_apps = executor.loader.project_state(before[0]).apps

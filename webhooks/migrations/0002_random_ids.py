@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     ids; see tenants.ids.switch_to_random_ids for what changes in the database."""
 
     dependencies = [
-        ("webhooks", "0002_encrypted_secret"),
+        ("webhooks", "0001_initial"),
     ]
 
     operations = [

@@ -63,7 +63,7 @@ def decrypt_secrets(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("webhooks", "0001_initial"),
+        ("webhooks", "0002_random_ids"),
     ]
 
     operations = [
