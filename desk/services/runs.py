@@ -184,7 +184,8 @@ def start_run_once(
     different role or input.
     """
     role, version = _checked_start(tenant=tenant, role=role, input=input)
-    if not idempotency_key:
+
+    def create() -> Run:
         return _create_run(
             tenant=tenant,
             role=role,
@@ -192,9 +193,12 @@ def start_run_once(
             input=input,
             actor=actor,
             via=via,
-            idempotency_key="",
+            idempotency_key=idempotency_key,
             api_key=api_key,
-        ), True
+        )
+
+    if not idempotency_key:
+        return create(), True
 
     def existing() -> Run | None:
         run = Run.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
@@ -209,16 +213,7 @@ def start_run_once(
     if run is not None:
         return run, False
     try:
-        return _create_run(
-            tenant=tenant,
-            role=role,
-            version=version,
-            input=input,
-            actor=actor,
-            via=via,
-            idempotency_key=idempotency_key,
-            api_key=api_key,
-        ), True
+        return create(), True
     except RunError as exc:
         if exc.code != "idempotency_conflict":
             raise
