@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import Actor
@@ -110,6 +111,19 @@ def pass_second_factor(client: Client, user) -> None:
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
+
+
+def second_factor_code(user) -> str:
+    """A code that proves `user`'s second factor once: a fresh recovery code of theirs (and
+    they get an app device too, as everyone who has enrolled has)."""
+    if not TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+        TOTPDevice.objects.create(user=user, name="Test device", confirmed=True)
+    device, _ = StaticDevice.objects.get_or_create(
+        user=user, name="Test recovery codes", defaults={"confirmed": True}
+    )
+    token = StaticToken.random_token()
+    device.token_set.create(token=token)
+    return token
 
 
 def _force_login_with_second_factor(self, user, backend=None):

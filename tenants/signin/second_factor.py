@@ -151,9 +151,26 @@ def verify(*, request, user, code: str) -> Outcome:
     """Check a code from the app, or a recovery code (used up by this), and mark the session
     verified when it is right. A wrong code is recorded and counts towards the lockout; a
     locked-out name or address gets no check at all."""
+    outcome, device = _check(request=request, user=user, code=code, during="sign_in")
+    if device is not None:
+        otp_login(request, device)
+        lockouts.forget_failures(username=user.get_username())
+    return outcome
+
+
+def check_code(*, request, user, code: str, during: str) -> Outcome:
+    """Check `user`'s code for one action taken without a session of theirs (a decision
+    from an e-mail link), as `verify` does, but sign nobody in: the code proves the person
+    at this moment (the failures counted against their name stay: it proves no password).
+    `during` names the action on the audit trail."""
+    return _check(request=request, user=user, code=code, during=during)[0]
+
+
+def _check(*, request, user, code: str, during: str):
+    """(Outcome, the device that took the code or None)."""
     username = user.get_username()
     if lockouts.is_locked_out(request, username=username):
-        return Outcome.LOCKED_OUT
+        return Outcome.LOCKED_OUT, None
     token = normalized(code)
     with transaction.atomic():
         device = None
@@ -169,24 +186,26 @@ def verify(*, request, user, code: str) -> Outcome:
                 break
         if device is None:
             record_second_factor(
-                user=user, action="auth.second_factor_failed", data={"during": "sign_in"}
+                user=user, action="auth.second_factor_failed", data={"during": during}
             )
         elif isinstance(device, StaticDevice):
             left = device.token_set.count()
             record_second_factor(
-                user=user, action="auth.recovery_code_used", data={"recovery_codes_left": left}
+                user=user,
+                action="auth.recovery_code_used",
+                data={"recovery_codes_left": left, "during": during},
             )
         else:
-            record_second_factor(user=user, action="auth.second_factor_verified")
+            record_second_factor(
+                user=user, action="auth.second_factor_verified", data={"during": during}
+            )
     if device is None:
         if lockouts.count_failure(request, username=username):
-            return Outcome.LOCKED_OUT
-        return Outcome.WRONG_CODE
-    otp_login(request, device)
-    lockouts.forget_failures(username=username)
+            return Outcome.LOCKED_OUT, None
+        return Outcome.WRONG_CODE, None
     if isinstance(device, StaticDevice):
-        return Outcome.RECOVERY_CODE_USED
-    return Outcome.VERIFIED
+        return Outcome.RECOVERY_CODE_USED, device
+    return Outcome.VERIFIED, device
 
 
 # --- reset ----------------------------------------------------------------------------------

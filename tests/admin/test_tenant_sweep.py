@@ -671,6 +671,18 @@ def mailed_links(tenant: Tenant) -> list[str]:
     ]
 
 
+def code_for_link(path: str) -> str:
+    """A second-factor code of the reviewer a link was mailed to (a decision needs one)."""
+    import hashlib
+
+    from approvals.models import ApprovalLink
+    from tests.conftest import second_factor_code
+
+    token = path.rstrip("/").rsplit("/", 1)[-1]
+    link = ApprovalLink.objects.get(token_hash=hashlib.sha256(token.encode()).hexdigest())
+    return second_factor_code(link.reviewer)
+
+
 @pytest.mark.parametrize("username", NORTHWIND_USERS)
 def test_northwind_people_reach_nothing_of_harbor_through_approval_links(
     client, world, northwind_person, username
@@ -704,7 +716,7 @@ def test_northwind_people_reach_nothing_of_harbor_through_approval_links(
         assert page.status_code == 200
         assert_no_harbor_text(page, path)
     for path in theirs:  # the first decides northwind's request; the rest are then refused
-        posted = client.post(path, harbor_ids)
+        posted = client.post(path, {**harbor_ids, "code": code_for_link(path)})
         assert posted.status_code in (200, 400, 410), f"POST {path}"
         assert_no_harbor_text(posted, path)
 

@@ -13,9 +13,11 @@ from datetime import timedelta
 
 import pytest
 from django.apps import apps
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.test import Client
 from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals.models import ApprovalLink, ApprovalRequest, Decision
 from approvals.services import decide, notify_reviewers
@@ -23,6 +25,7 @@ from audit.models import AuditEvent
 from audit.services import Actor
 from tenants.models import Membership
 from tenants.services import revoke_membership
+from tests.conftest import second_factor_code
 
 LINK = re.compile(
     r"(?P<action>Approve|Reject): +(?P<url>https?://[^/\s]+(?P<path>/approvals/link/[^/\s]+/))"
@@ -43,6 +46,12 @@ def message_to(username: str, *, last: bool = False):
 def links_in(username: str, *, last: bool = False) -> dict[str, str]:
     body = message_to(username, last=last).body
     return {m["action"].lower(): m["path"] for m in LINK.finditer(body)}
+
+
+def with_code(data: dict | None = None, username: str = "reviewer.harbor") -> dict:
+    """A decision's form data with a code of the link's reviewer's second factor."""
+    reviewer = get_user_model().objects.get(username=username)
+    return {**(data or {}), "code": second_factor_code(reviewer)}
 
 
 def token_of(path: str) -> str:
@@ -189,7 +198,7 @@ def test_a_reminder_replaces_the_links_of_the_first_mail(client, mailed):
     unchanged = Unchanged(mailed)
     assert client.post(first["approve"]).status_code == 404
     assert unchanged.holds()
-    assert client.post(second["approve"]).status_code == 200
+    assert client.post(second["approve"], with_code()).status_code == 200
     assert Decision.objects.get(request=mailed).via == "email link"
 
 
@@ -233,7 +242,7 @@ def test_the_page_is_not_cached_and_leaks_no_referrer(client, mailed):
 def test_posting_the_link_decides_once_as_its_reviewer(client, mailed, users):
     path = links_in("reviewer.harbor")["approve"]
 
-    response = client.post(path, {"comment": "Fine"})
+    response = client.post(path, with_code({"comment": "Fine"}))
 
     mailed.refresh_from_db()
     decision = Decision.objects.get(request=mailed)
@@ -253,10 +262,10 @@ def test_posting_the_link_decides_once_as_its_reviewer(client, mailed, users):
 
 def test_a_replayed_token_is_refused_after_use(client, mailed):
     path = links_in("reviewer.harbor")["approve"]
-    client.post(path, {"comment": "Fine"})
+    client.post(path, with_code({"comment": "Fine"}))
     unchanged = Unchanged(mailed)
 
-    again = client.post(path, {"comment": "Fine"})
+    again = client.post(path, with_code({"comment": "Fine"}))
     shown = client.get(path)
 
     assert again.status_code == 410 and shown.status_code == 410
@@ -267,10 +276,10 @@ def test_a_replayed_token_is_refused_after_use(client, mailed):
 def test_the_other_link_of_a_reviewer_who_decided_by_link_is_spent(client, users, mailed):
     ApprovalRequest.objects.filter(pk=mailed.pk).update(required_approvals=2)  # stays open
     links = links_in("reviewer.harbor")
-    client.post(links["approve"])
+    client.post(links["approve"], with_code())
     unchanged = Unchanged(mailed)
 
-    response = client.post(links["reject"], {"comment": "changed my mind"})
+    response = client.post(links["reject"], with_code({"comment": "changed my mind"}))
 
     assert response.status_code == 410
     assert unchanged.holds()
@@ -292,7 +301,7 @@ def test_links_of_a_reviewer_who_decided_in_the_admin_are_dead(client, users, ma
 def test_an_approve_token_cannot_reject(client, mailed):
     path = links_in("reviewer.harbor")["approve"]
 
-    client.post(path, {"verdict": "reject", "action": "reject", "comment": "No"})
+    client.post(path, with_code({"verdict": "reject", "action": "reject", "comment": "No"}))
 
     mailed.refresh_from_db()
     assert mailed.status == ApprovalRequest.Status.APPROVED
@@ -310,11 +319,112 @@ def test_a_reject_token_cannot_approve_and_needs_a_reason(client, mailed):
     assert response.status_code == 400
     assert "reason is required" in response.content.decode()
     assert unchanged.holds()
-    rejected = client.post(path, {"verdict": "approve", "comment": "Wrong client"})
+    rejected = client.post(path, with_code({"verdict": "approve", "comment": "Wrong client"}))
     assert rejected.status_code == 200
     mailed.refresh_from_db()
     assert mailed.status == ApprovalRequest.Status.REJECTED
     assert Decision.objects.get(request=mailed).verdict == "reject"
+
+
+# --- the second factor: the link is one factor, the reviewer's code the other -------------
+
+
+def decided_nothing(unchanged: Unchanged) -> bool:
+    """Nothing decided or spent (a refused code is on the audit trail, so events may grow)."""
+    now, before = unchanged.state(), unchanged.before
+    return all(now[key] == before[key] for key in ("status", "version", "decisions", "links"))
+
+
+def harbor_reviewer():
+    return get_user_model().objects.get(username="reviewer.harbor")
+
+
+def test_a_link_decides_nothing_without_the_reviewers_code(client, mailed):
+    second_factor_code(harbor_reviewer())  # enrolled, but sends no code
+    unchanged = Unchanged(mailed)
+
+    response = client.post(links_in("reviewer.harbor")["approve"], {"comment": "Fine"})
+
+    assert response.status_code == 403
+    assert "code is not right" in response.content.decode()
+    assert decided_nothing(unchanged)
+    failed = AuditEvent.objects.get(action="auth.second_factor_failed")
+    assert failed.data == {"username": "reviewer.harbor", "during": "email_link"}
+
+
+def test_a_link_refuses_another_persons_code(client, mailed, users):
+    second_factor_code(harbor_reviewer())
+    unchanged = Unchanged(mailed)
+
+    response = client.post(
+        links_in("reviewer.harbor")["approve"], {"code": second_factor_code(users["ops"])}
+    )
+
+    assert response.status_code == 403
+    assert decided_nothing(unchanged)
+
+
+def test_a_link_refuses_an_app_code_already_used(client, mailed):
+    from django.test import RequestFactory
+
+    from tenants.signin import second_factor
+    from tests.tenants.signin_support import code_of
+
+    reviewer = harbor_reviewer()
+    second_factor_code(reviewer)
+    code = code_of(TOTPDevice.objects.get(user=reviewer))
+    signed_in = second_factor.verify(request=_request(RequestFactory()), user=reviewer, code=code)
+    assert signed_in is second_factor.Outcome.VERIFIED
+    unchanged = Unchanged(mailed)
+
+    replayed = client.post(links_in("reviewer.harbor")["approve"], {"code": code})
+
+    assert replayed.status_code == 403
+    assert decided_nothing(unchanged)
+
+
+def test_a_reviewer_without_a_second_factor_cannot_decide_by_link(client, mailed):
+    unchanged = Unchanged(mailed)
+
+    response = client.post(links_in("reviewer.harbor")["approve"], {"code": "123456"})
+
+    assert response.status_code == 403
+    assert "set up your second factor" in response.content.decode()
+    assert unchanged.holds()
+
+
+def test_wrong_link_codes_lock_the_reviewer_out_like_wrong_passwords(client, mailed, settings):
+    path = links_in("reviewer.harbor")["approve"]
+    second_factor_code(harbor_reviewer())
+    unchanged = Unchanged(mailed)
+
+    wrong = [client.post(path, {"code": "000000"}).status_code for _ in range(5)]
+    right = client.post(path, with_code())
+
+    assert wrong == [403, 403, 403, 403, 429]
+    assert right.status_code == 429
+    assert decided_nothing(unchanged)
+
+
+def test_a_code_from_the_reviewers_app_decides(client, mailed):
+    from tests.tenants.signin_support import code_of
+
+    reviewer = harbor_reviewer()
+    second_factor_code(reviewer)
+
+    response = client.post(
+        links_in("reviewer.harbor")["approve"],
+        {"code": code_of(TOTPDevice.objects.get(user=reviewer))},
+    )
+
+    assert response.status_code == 200
+    assert Decision.objects.get(request=mailed).reviewer == reviewer
+
+
+def _request(factory):
+    request = factory.post("/approvals/link/x/")
+    request.user = None
+    return request
 
 
 def test_an_expired_token_is_refused(client, mailed):
@@ -425,7 +535,9 @@ def test_a_cross_site_post_without_the_pages_csrf_token_is_refused(mailed):
     # As a browser posts the page's own form: with its origin (a "null" one is refused).
     assert browser.post(path, {"csrfmiddlewaretoken": csrf}, HTTP_ORIGIN="null").status_code == 403
     assert unchanged.holds()
-    posted = browser.post(path, {"csrfmiddlewaretoken": csrf}, HTTP_ORIGIN="http://testserver")
+    posted = browser.post(
+        path, with_code({"csrfmiddlewaretoken": csrf}), HTTP_ORIGIN="http://testserver"
+    )
     assert posted.status_code == 200
 
 
@@ -440,7 +552,7 @@ def test_a_token_for_tenant_a_does_nothing_for_tenant_b(client, mailed, northwin
 
     client.post(
         links_in("reviewer.harbor")["approve"],
-        {"request": statement.pk, "request_id": statement.pk, "tenant": northwind.pk},
+        with_code({"request": statement.pk, "request_id": statement.pk, "tenant": northwind.pk}),
     )
 
     assert theirs.state()["status"] == ApprovalRequest.Status.PENDING
@@ -503,7 +615,8 @@ def committed_mail(transactional_db):
 
 
 def post_in_thread(path: str, statuses: list, data: dict | None = None):
-    return lambda: statuses.append(Client().post(path, data or {}).status_code)
+    data = with_code(data)  # made here, outside the racing threads
+    return lambda: statuses.append(Client().post(path, data).status_code)
 
 
 @pytest.mark.postgres
