@@ -178,7 +178,7 @@ def test_activating_asks_for_confirmation_and_rolls_back(client, users, intake_r
 
     intake_role.refresh_from_db()
     assert intake_role.active_version == first
-    event = AuditEvent.objects.filter(action="role_version.activated").latest("seq")
+    event = AuditEvent.objects.filter(action="role_version.activated").latest("created_at")
     assert event.data["rollback"] is True and event.actor_user == users["ops"]
 
 

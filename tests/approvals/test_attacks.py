@@ -411,7 +411,7 @@ class TestStaleApprovals:
         assert first.dismissed_at is not None and first.version == 1
         statement.refresh_from_db()
         assert statement.status == Run.Status.WAITING_APPROVAL
-        event = AuditEvent.objects.filter(action="approval.decided").latest("seq")
+        event = AuditEvent.objects.filter(action="approval.decided").latest("created_at")
         assert event.data["version"] == 2 and event.data["dismissed"] == [first.pk]
 
         decide(request=request, reviewer=users["partner.northwind"], verdict="approve", version=2)

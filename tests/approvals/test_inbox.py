@@ -202,7 +202,7 @@ class TestDelegation:
 
         decision = Decision.objects.get(request=request)
         assert (decision.reviewer, decision.on_behalf_of) == (hugo, users["reviewer.harbor"])
-        event = AuditEvent.objects.filter(action="approval.decided").latest("seq")
+        event = AuditEvent.objects.filter(action="approval.decided").latest("created_at")
         assert (
             event.actor_user == hugo and event.data["on_behalf_of"] == users["reviewer.harbor"].pk
         )

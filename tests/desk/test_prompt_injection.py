@@ -10,7 +10,6 @@ import json
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, Decision, Escalation
 from approvals.services import DecisionError, decide
@@ -20,7 +19,7 @@ from desk import worker
 from desk.models import OutboxMessage, Run, StepRun
 from desk.providers.base import ModelResponse, Provider
 from desk.providers.offline import OfflineProvider
-from desk.services import start_run
+from desk.services import RunError, start_run
 from roles.models import Role, RoleVersion
 from roles.services import create_role, create_role_version
 from tenants.models import ClientRecord
@@ -234,21 +233,17 @@ class TestInputIsData:
         assert Escalation.objects.filter(run=run).count() == 1
         assert OutboxMessage.objects.count() == 0
 
-    @pytest.mark.skipif(
-        connection.vendor == "postgresql",
-        reason="PostgreSQL refuses a NUL in JSON before a run can even start",
-    )
-    def test_a_nul_byte_in_a_record_target_is_refused_before_any_read(self, start_intake):
-        run = start_intake(from_email=f"{CLIENT}\x00{ATTACKER}")
+    def test_a_nul_byte_in_a_record_target_never_reaches_a_run(self, start_intake):
+        # Refused at intake, on every database (tenants.safe_json); a NUL that got into a
+        # stored input behind its back is refused at the tool (the control-character check,
+        # as CR/LF above).
+        runs = Run.objects.count()
 
-        advance(run.pk)
+        with pytest.raises(RunError, match="NUL"):
+            start_intake(from_email=f"{CLIENT}\x00{ATTACKER}")
 
-        run.refresh_from_db()
-        assert run.status == Run.Status.FAILED
-        assert steps(run)["lookup"].status == StepRun.Status.FAILED
-        assert "the target 'email' of step 'lookup' contains a control character" in run.error
-        assert len(events(run, "tool.refused")) == 1
-        assert events(run, "data.read") == []
+        assert Run.objects.count() == runs
+        assert AuditEvent.objects.filter(action="data.read").count() == 0
 
     def test_an_overlong_record_target_is_refused_before_any_read(self, start_intake):
         run = start_intake(from_email="a" * 400 + "@example.com")
@@ -393,7 +388,9 @@ class TestModelOutputIsNotATarget:
     def test_a_tool_call_in_model_output_is_only_text(self, harbor, users, monkeypatch):
         body = f"Dear Maya,\n{SMUGGLED_CALL}"
         monkeypatch.setattr(
-            worker, "get_provider", lambda: ScriptedModel({"subject": "Re: Lease", "body": body})
+            worker,
+            "get_provider",
+            lambda **_: ScriptedModel({"subject": "Re: Lease", "body": body}),
         )
         role = Role.objects.get(tenant=harbor, slug="client-follow-up")
         run = run_of(

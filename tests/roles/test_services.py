@@ -337,7 +337,7 @@ def test_an_override_needs_a_written_reason_and_the_second_person(passing, users
 
     version.refresh_from_db()
     assert version.status == RoleVersion.Status.PUBLISHED
-    event = AuditEvent.objects.filter(action="role_version.published").latest("seq")
+    event = AuditEvent.objects.filter(action="role_version.published").latest("created_at")
     assert event.data["override"] is True
     assert event.data["override_reason"] == "Urgent fix; cases next."
     assert event.data["requested_by"] == users["ops"].pk
@@ -417,7 +417,9 @@ def test_activation_and_rollback_are_audited(intake_role, users):
 
     intake_role.refresh_from_db()
     assert intake_role.active_version == v1
-    event = AuditEvent.objects.filter(action="role_version.activated").latest("seq")
+    event = AuditEvent.objects.filter(
+        tenant=intake_role.tenant, action="role_version.activated"
+    ).latest("seq")
     assert event.data == {
         "role": "intake-coordinator",
         "number": 1,
@@ -458,7 +460,7 @@ def test_a_canary_takes_a_share_of_new_runs(intake_role, users):
     set_canary(role=intake_role, version=v2, percent=100, actor=actor(users, "ops"))
 
     assert start(intake_role).role_version == v2
-    event = AuditEvent.objects.filter(action="role.canary_set").latest("seq")
+    event = AuditEvent.objects.filter(action="role.canary_set").latest("created_at")
     assert event.data == {"version": v2.number, "percent": 100, "previous_version": None}
 
 
