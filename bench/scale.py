@@ -352,13 +352,17 @@ def signed_in(user):
 
 
 def explain(db: common.BenchDB, sql: str, context: list[str]) -> str:
-    with common.pg_connect(db.name) as conn, conn.cursor() as cursor:
+    """The query's plan, run in the row-level-security context it ran in (one transaction:
+    the context's settings are transaction-local)."""
+    with (
+        common.pg_connect(db.name) as conn,
+        conn.transaction(force_rollback=True),
+        conn.cursor() as cursor,
+    ):
         for statement in context:
-            cursor.execute(statement.replace("SET LOCAL ROLE", "SET ROLE", 1))
+            cursor.execute(statement)
         cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-        conn.rollback()
-    return plan
+        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 def reused(db: common.BenchDB, report: common.Report) -> dict:
