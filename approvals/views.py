@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.shortcuts import render as _render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from approvals.admin import proposal_display
@@ -41,6 +42,7 @@ def _private(view):
 
 
 @_private
+@sensitive_post_parameters("code")
 @require_http_methods(["GET", "POST"])
 def approval_link(request, token: str):
     try:
