@@ -84,7 +84,7 @@ def record_locked_out(*, username, ip_address: str | None, failures: int) -> lis
     tried = "" if username is None else str(username)
     longest = _username_length()
     data = {
-        "username": tried.replace("\x00", "\\x00")[:longest],
+        "username": recorded_username(tried),
         "ip_address": ip_address,
         "failures": failures,
     }
@@ -127,7 +127,7 @@ def record_failed_sign_in(*, username, reason: str | None = None) -> list[AuditE
     tried = "" if username is None else str(username)
     longest = _username_length()
     shown = tried.replace("\x00", "\\x00")
-    data = {"username": shown[:longest]}
+    data = {"username": recorded_username(tried)}
     if len(shown) > longest:
         data["username_length"] = len(tried)
     user = _user_named(tried, longest)
@@ -140,6 +140,12 @@ def record_failed_sign_in(*, username, reason: str | None = None) -> list[AuditE
             reason = SignInFailure.WRONG_PASSWORD
     data["reason"] = reason
     return record_for_user(user=user, actor=ANONYMOUS, action="auth.sign_in_failed", data=data)
+
+
+def recorded_username(name: str) -> str:
+    """A name as typed, as the trail (and the lockout counts) hold it: NUL bytes written
+    out, cut to the longest name an account can have."""
+    return name.replace("\x00", "\\x00")[: _username_length()]
 
 
 def _username_length() -> int:

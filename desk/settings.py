@@ -423,6 +423,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
 _lockout_minutes = int(os.environ.get("DESK_LOGIN_LOCKOUT_MINUTES", "60"))
 AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes) if _lockout_minutes > 0 else None
 AXES_CLIENT_IP_CALLABLE = "audit.context.client_ip"
+AXES_USERNAME_CALLABLE = "tenants.signin.lockouts.attempted_username"
 AXES_LOCKOUT_CALLABLE = "tenants.signin.views.locked_out"
 AXES_HTTP_RESPONSE_CODE = 429
 # Attempts made while locked out do not push the end of the lockout further away; a

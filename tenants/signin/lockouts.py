@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet, Sum, Window
 from django.utils import timezone
 
-from audit.auth_events import record_lockout_lifted
+from audit.auth_events import record_lockout_lifted, recorded_username
 from audit.services import Actor
 
 # Set on a request whose sign-in attempt was refused because of a lockout (its password
@@ -39,6 +39,18 @@ class LockoutBackend(AxesStandaloneBackend):
         except AxesBackendPermissionDenied:
             setattr(request, REFUSED_ATTRIBUTE, True)
             raise
+
+
+def attempted_username(request, credentials=None) -> str | None:
+    """The name an attempt counts against (AXES_USERNAME_CALLABLE): as typed, held as the
+    audit trail holds it, so a 10 KB name or a NUL byte is counted, not a database error
+    (axes keeps names in 255 characters; PostgreSQL refuses NUL in text)."""
+    field = settings.AXES_USERNAME_FORM_FIELD
+    if credentials:
+        name = credentials.get(field)
+    else:
+        name = getattr(request, "data", request.POST).get(field)
+    return None if name is None else recorded_username(str(name))
 
 
 def refused_by_lockout(request) -> bool:

@@ -92,6 +92,23 @@ class TestLockout:
         assert reasons == ["wrong_password"] * 5 + ["locked_out"] * 26
         assert verify_chain(tenant_id=harbor.pk) == []
 
+    def test_a_10_kb_name_is_counted_not_a_server_error(self, client, users):
+        # Axes keeps names in 255 characters: the name is counted as the trail records it
+        # (cut to the longest an account can have), and locks the address like any other.
+        answers = [
+            sign_in(client, "ops" + "x" * 10_000, WRONG_PASSWORD).status_code for _ in range(5)
+        ]
+
+        assert answers == [200] * 4 + [429]
+        assert len(AccessAttempt.objects.get().username) == 150
+        assert sign_in(client, "ops", DEMO_PASSWORD).status_code == 429  # the address is locked
+
+    def test_a_name_with_a_nul_byte_is_refused_by_the_form_before_any_check(self, client, users):
+        answers = [sign_in(client, "ops\x00admin", WRONG_PASSWORD).status_code for _ in range(5)]
+
+        assert answers == [200] * 5  # the form's own error: no password was checked
+        assert not AccessAttempt.objects.exists()
+
     def test_a_locked_out_name_is_locked_from_every_address(self, client, users):
         for number in range(5):
             sign_in(client, "ops", WRONG_PASSWORD, REMOTE_ADDR=f"198.51.100.{number + 1}")
