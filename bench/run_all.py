@@ -34,7 +34,7 @@ BENCHMARKS = [
 NOT_QUICK = {"chaos"}
 SCRIPT_TIMEOUT = 20 * 60  # seconds; a script that runs longer is stopped (SIGTERM, then KILL)
 # Scripts that take longer: the scale benchmark builds 1M runs and ~10M events first (19 min
-# on a loaded 2-core machine), then times each page 40 times for two tenants.
+# on a loaded 2-core machine), then times each page 20 times for each of two tenants.
 SCRIPT_TIMEOUTS = {"scale": 60 * 60}
 RESTART_RETRIES = 2
 
