@@ -31,6 +31,8 @@ from approvals.services import DecisionError, decide
 from desk.services import lock_run
 from tenants import locking, rls
 from tenants.locking import Level, lock
+from tenants.signin import second_factor
+from tenants.signin.second_factor import Outcome
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 
@@ -192,6 +194,36 @@ def decide_by_link(*, token: str, comment: str = "") -> Decision:
     return decision
 
 
+def second_factor_refusal(request, link: ApprovalLink) -> tuple[str, int] | None:
+    """Why the code posted with a decision by `link` does not prove its reviewer (message,
+    HTTP status), or None when it does or no second factor is required.
+
+    The link proves only the reviewer's inbox; when sign-in takes a second factor, so does
+    a decision by link: a code from the reviewer's app or one of their recovery codes. A
+    wrong one is recorded and counts towards their lockout, as at sign-in.
+    """
+    if not settings.DESK_REQUIRE_2FA:
+        return None
+    reviewer = link.reviewer
+    if link.action == "reject" and not request.POST.get("comment", "").strip():
+        # Decide's own refusal, before the code is spent on a decision that cannot be made.
+        return "Say why: a reason is required to reject.", 400
+    if not second_factor.has_second_factor(reviewer):
+        return (
+            "Deciding from e-mail takes a code from your authenticator app: sign in to "
+            "AgentDesk once to set up your second factor.",
+            403,
+        )
+    outcome = second_factor.check_code(
+        request=request, user=reviewer, code=request.POST.get("code", ""), during="email_link"
+    )
+    if outcome is Outcome.LOCKED_OUT:
+        return "Too many wrong codes: deciding and signing in are locked for a while.", 429
+    if outcome is Outcome.WRONG_CODE:
+        return "That code is not right (or was already used): type the one your app shows now.", 403
+    return None
+
+
 __all__ = [
     "DecisionError",
     "LinkRefused",
@@ -200,4 +232,5 @@ __all__ = [
     "link_for",
     "proposal_hash",
     "review_url",
+    "second_factor_refusal",
 ]

@@ -14,10 +14,15 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from approvals.admin import proposal_display
-from approvals.links import DecisionError, LinkRefused, decide_by_link, link_for, review_url
+from approvals.links import (
+    DecisionError,
+    LinkRefused,
+    decide_by_link,
+    link_for,
+    review_url,
+    second_factor_refusal,
+)
 from approvals.selectors import proposal_summary
-from tenants.signin import second_factor
-from tenants.signin.second_factor import Outcome
 
 
 def render(request, template: str, context: dict, status: int = 200):
@@ -60,7 +65,7 @@ def approval_link(request, token: str):
         context["needs_code"] = True
     if request.method == "POST":
         comment = request.POST.get("comment", "")
-        refusal = _second_factor_refusal(request, link)
+        refusal = second_factor_refusal(request, link)
         if refusal:
             message, status = refusal
             context.update(error=message, comment=comment)
@@ -75,28 +80,3 @@ def approval_link(request, token: str):
             return render(request, "approvals/link.html", context, status=status)
         return render(request, "approvals/link.html", {**context, "done": True})
     return render(request, "approvals/link.html", context)
-
-
-def _second_factor_refusal(request, link) -> tuple[str, int] | None:
-    """Why the code posted with a decision does not prove the link's reviewer (message,
-    status), or None when it does or no second factor is required."""
-    if not settings.DESK_REQUIRE_2FA:
-        return None
-    reviewer = link.reviewer
-    if link.action == "reject" and not request.POST.get("comment", "").strip():
-        # Decide's own refusal, before the code is spent on a decision that cannot be made.
-        return "Say why: a reason is required to reject.", 400
-    if not second_factor.has_second_factor(reviewer):
-        return (
-            "Deciding from e-mail takes a code from your authenticator app: sign in to "
-            "AgentDesk once to set up your second factor.",
-            403,
-        )
-    outcome = second_factor.check_code(
-        request=request, user=reviewer, code=request.POST.get("code", ""), during="email_link"
-    )
-    if outcome is Outcome.LOCKED_OUT:
-        return "Too many wrong codes: deciding and signing in are locked for a while.", 429
-    if outcome is Outcome.WRONG_CODE:
-        return "That code is not right (or was already used): type the one your app shows now.", 403
-    return None
