@@ -31,6 +31,7 @@ from approvals.services import DecisionError, decide
 from desk.services import lock_run
 from tenants import locking, rls
 from tenants.locking import Level, lock
+from tenants.models import Membership
 from tenants.signin import second_factor
 from tenants.signin.second_factor import Outcome
 
@@ -99,19 +100,28 @@ def issue_links(*, request: ApprovalRequest, reviewer_id: int) -> dict[str, str]
 NOT_VALID = "This link is not valid (a newer e-mail may have replaced it)."
 
 
-def _tenant_of(token: str) -> int:
+def _tenant_of(token: str) -> tuple[int, int]:
+    """(tenant id, reviewer id) of the link a token stands for: the tenant's context is
+    then opened for that reviewer, whose membership the database checks (a reviewer who is
+    no longer a member is refused here, as decide would refuse them)."""
     if not TOKEN.match(token or ""):
         raise LinkRefused(NOT_VALID, status=404)
     with rls.platform_context():
         # Only the tenant of the one row whose hash matches is read across tenants.
-        tenant_id = (
+        found = (
             ApprovalLink.objects.filter(token_hash=_hash(token))
-            .values_list("tenant_id", flat=True)
+            .values_list("tenant_id", "reviewer_id", "tenant__name")
             .first()
         )
-    if tenant_id is None:
-        raise LinkRefused(NOT_VALID, status=404)
-    return tenant_id
+        if found is None:
+            raise LinkRefused(NOT_VALID, status=404)
+        tenant_id, reviewer_id, tenant_name = found
+        still_member = Membership.objects.filter(
+            tenant_id=tenant_id, user_id=reviewer_id, user__is_active=True
+        ).exists()
+    if not still_member:
+        raise LinkRefused(f"Only reviewers of {tenant_name} decide its requests.", status=403)
+    return tenant_id, reviewer_id
 
 
 def _find(token: str, tenant_id: int) -> ApprovalLink:
@@ -155,8 +165,8 @@ def link_for(token: str) -> ApprovalLink:
     Raises LinkRefused when it is unknown, used, expired, its request moved on or its
     reviewer may no longer decide it (the reason decide would give).
     """
-    tenant_id = _tenant_of(token)
-    with rls.tenant_context(tenant_id):
+    tenant_id, reviewer_id = _tenant_of(token)
+    with rls.tenant_context(tenant_id, user_id=reviewer_id):
         link = _find(token, tenant_id)
         _usable(link)
         refusal = decision_refusal(link.reviewer, link.request)
@@ -170,8 +180,8 @@ def decide_by_link(*, token: str, comment: str = "") -> Decision:
 
     Raises LinkRefused (nothing written) or DecisionError from decide (nothing written).
     """
-    tenant_id = _tenant_of(token)
-    with locking.atomic(), rls.tenant_context(tenant_id):
+    tenant_id, reviewer_id = _tenant_of(token)
+    with locking.atomic(), rls.tenant_context(tenant_id, user_id=reviewer_id):
         found = _find(token, tenant_id)
         # The run, then the request (decide's own order); then the link, read again under
         # the request's lock: a concurrent click of this or a sibling link has committed.

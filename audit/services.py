@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from audit import context, proof
 from audit.models import AuditChain, AuditEvent
+from tenants import rls
 from tenants.locking import Level, lock
 
 
@@ -128,7 +129,7 @@ def record(
     """Append one event to the tenant's hash chain (inside the caller's transaction)."""
     tenant_id = getattr(tenant, "pk", tenant)
     # No savepoint of its own: the event stands or falls with the caller's work.
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic(using=rls.current_alias(), savepoint=False):
         chain = _locked_chain(tenant_id)
         # Round-trip through JSON so the stored value hashes exactly as it will be read back.
         clean_data = _without_nul(json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)))
@@ -185,7 +186,6 @@ def apply_retention(*, now=None) -> dict[str, int]:
     """The sweep: empty the payload (data and reason) of every event older than its
     tenant's retention. The events stay, with their payload digest, so the chain and its
     checkpoints still verify; the removal itself is an audit event."""
-    from tenants import rls
     from tenants.models import Tenant
 
     now = now or timezone.now()

@@ -77,19 +77,23 @@ def api_endpoint(methods: tuple[str, ...]) -> Callable:
                 token = header[len("Bearer ") :].strip()
                 # A key is printable ASCII: anything else (a NUL, which PostgreSQL refuses in a
                 # query) is no key, without looking it up.
-                api_key = authenticate_api_key(token) if PRINTABLE_RE.fullmatch(token) else None
-                if api_key is None:
+                if not PRINTABLE_RE.fullmatch(token):
                     raise ApiError(401, "unauthenticated", "Unknown or revoked API key.")
-                allowed, retry_after = count_api_request(api_key=api_key)
-                if not allowed:
-                    raise ApiError(
-                        429,
-                        "rate_limited",
-                        f"More than {api_key.rate_limit_per_minute} requests this minute.",
-                        headers={"Retry-After": str(retry_after)},
-                    )
-                with rls.tenant_context(api_key.tenant_id):
-                    return view(request, api_key, *args, **kwargs)
+                # The key is the proof the database checks for each of its tenant contexts.
+                with rls.acting_for(api_key=token):
+                    api_key = authenticate_api_key(token)
+                    if api_key is None:
+                        raise ApiError(401, "unauthenticated", "Unknown or revoked API key.")
+                    allowed, retry_after = count_api_request(api_key=api_key)
+                    if not allowed:
+                        raise ApiError(
+                            429,
+                            "rate_limited",
+                            f"More than {api_key.rate_limit_per_minute} requests this minute.",
+                            headers={"Retry-After": str(retry_after)},
+                        )
+                    with rls.tenant_context(api_key.tenant_id):
+                        return view(request, api_key, *args, **kwargs)
             except ApiError as error:
                 return error_response(error)
 

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django_q.tasks import async_task
 
+from tenants import rls
+
 logger = logging.getLogger(__name__)
 
 RUNS_GROUP = {"group": "runs", "save": False}
@@ -40,7 +42,9 @@ def _ring_now(run_id: int | None, tenant_id: int | None) -> None:
 
 def ring_run(run_id: int, tenant_id: int) -> None:
     """Wake a worker for this run once the current transaction commits."""
-    transaction.on_commit(lambda: _ring_now(run_id, tenant_id), robust=True)
+    transaction.on_commit(
+        lambda: _ring_now(run_id, tenant_id), robust=True, using=rls.current_alias()
+    )
 
 
 def ring_runs(runs: Sequence[tuple[int, int]]) -> None:
@@ -69,4 +73,5 @@ def ring_outbox(message_id: int) -> None:
             "desk.tasks.deliver_outbox", message_id=message_id, q_options=OUTBOX_GROUP
         ),
         robust=True,
+        using=rls.current_alias(),
     )

@@ -101,6 +101,24 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Platform work (tenants.rls.platform_context: the scheduler's cross-tenant reads, tenant
+    # creation, break-glass grants) runs on a connection of its own, as agentdesk_platform,
+    # which the application's roles cannot become. Unset, it is DATABASE_URL's login, which
+    # works only where that login may become agentdesk_platform (a superuser in development).
+    DATABASES["platform"] = dj_database_url.parse(
+        os.environ.get("DESK_PLATFORM_DATABASE_URL") or os.environ["DATABASE_URL"],
+        conn_max_age=CONN_MAX_AGE,
+        conn_health_checks=True,
+    )
+    # A platform transaction that waits on a lock the same thread's other connection holds
+    # would wait for ever: fail loudly instead.
+    DATABASES["platform"]["OPTIONS"] = {"options": "-c lock_timeout=15s"}
+    DATABASES["platform"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["tenants.rls.ContextRouter"]
+# How often each process records its uses of the platform role, counted by purpose
+# (tenants.rls.platform_context), on the platform's audit chain; 0: every use at once.
+DESK_PLATFORM_AUDIT_SECONDS = int(os.environ.get("DESK_PLATFORM_AUDIT_SECONDS", "60"))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer at a time: wait for the lock instead of failing, and let readers run
     # beside the writer (WAL), so the web server and the cluster share the file.

@@ -284,7 +284,9 @@ def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
         if running is not None:
             # Its task may have been lost (a broker restart, a killed worker): ring again;
             # the task skips what is done.
-            transaction.on_commit(lambda: _enqueue(running.pk), robust=True)
+            transaction.on_commit(
+                lambda: _enqueue(running.pk), robust=True, using=rls.current_alias()
+            )
             return running
         total = active_cases(version.role_id).count()
         if not total:
@@ -311,7 +313,7 @@ def start_suite(version: RoleVersion, actor: Actor) -> SuiteRun:
                 "provider": suite.provider,
             },
         )
-        transaction.on_commit(lambda: _enqueue(suite.pk), robust=True)
+        transaction.on_commit(lambda: _enqueue(suite.pk), robust=True, using=rls.current_alias())
     return suite
 
 

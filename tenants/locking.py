@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import QuerySet
+
+from tenants.rls import current_alias
 
 
 class Level(IntEnum):
@@ -44,6 +46,7 @@ _TRACKER = "_agentdesk_locks_held"
 @contextmanager
 def tracked() -> Iterator[None]:
     """Check the row locks taken inside against the lock order (opens no transaction)."""
+    connection = connections[current_alias()]
     opened = getattr(connection, _TRACKER, None) is None
     if opened:
         setattr(connection, _TRACKER, set())
@@ -57,7 +60,7 @@ def tracked() -> Iterator[None]:
 @contextmanager
 def atomic() -> Iterator[None]:
     """`transaction.atomic()` whose row locks are checked against the lock order."""
-    with tracked(), transaction.atomic():
+    with tracked(), transaction.atomic(using=current_alias()):
         yield
 
 
@@ -66,7 +69,7 @@ def note(level: Level) -> None:
 
     Raises LockOrderError when a later level is already held and `level` is not.
     """
-    held = getattr(connection, _TRACKER, None)
+    held = getattr(connections[current_alias()], _TRACKER, None)
     if held is None:
         return  # outside a tracked transaction (a migration, a shell)
     if held and level not in held and level < max(held):
@@ -88,7 +91,7 @@ def lock(
     Raises LockOrderError when a blocking lock of `level` would come too late.
     """
     if skip_locked or nowait:
-        held = getattr(connection, _TRACKER, None)
+        held = getattr(connections[current_alias()], _TRACKER, None)
         if held is not None:
             held.add(level)
     else:

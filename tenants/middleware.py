@@ -20,21 +20,28 @@ class TenantContextMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith(OWN_CONTEXT_PREFIXES):
-            return self.get_response(request)
+        # Whom the request works for: the database checks each tenant context against it.
+        # Nobody, until the user is known (the intake API names its key itself).
         user = request.user
-        if not user.is_authenticated:
-            with rls.lookup_context():
-                return self.get_response(request)
-        with rls.lookup_context(user_id=user.pk):
-            tenant_ids = member_tenant_ids(user)
-            grants = break_glass_grants(user)
-        with rls.tenant_context(tenant_ids, user_id=user.pk):
+        if request.path.startswith(OWN_CONTEXT_PREFIXES) or not user.is_authenticated:
+            with rls.acting_for():
+                if request.path.startswith(OWN_CONTEXT_PREFIXES):
+                    return self.get_response(request)
+                with rls.lookup_context():
+                    return self.get_response(request)
+        with rls.acting_for(user_id=user.pk):
+            with rls.lookup_context(user_id=user.pk):
+                tenant_ids = member_tenant_ids(user)
+                grants = break_glass_grants(user)
             if grants and not request.path.startswith(UNAUDITED_PREFIXES):
-                record_break_glass_view(
-                    user=user,
-                    grant_ids=list(grants.values()),
-                    method=request.method,
-                    path=request.get_full_path(),
-                )
-            return self.get_response(request)
+                # Committed before the page runs (and kept if it fails), so the request's
+                # own transaction holds no tenant chain that platform work may need.
+                with rls.tenant_context(tenant_ids):
+                    record_break_glass_view(
+                        user=user,
+                        grant_ids=list(grants.values()),
+                        method=request.method,
+                        path=request.get_full_path(),
+                    )
+            with rls.tenant_context(tenant_ids):
+                return self.get_response(request)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
@@ -18,6 +18,7 @@ from audit.services import Actor
 from desk.demo import seed_demo
 from desk.services import start_run
 from roles.models import Role
+from tenants import rls
 from tenants.models import Tenant
 
 pytest_plugins = ["tests.fakes.conftest_plugin"]
@@ -146,11 +147,29 @@ def system_actor():
     return Actor.system("tests")
 
 
+@pytest.fixture(autouse=True)
+def platform_work_sees_the_test_transaction(request):
+    """A test runs in one transaction that other connections cannot see, so platform work
+    stays on its connection (as the platform role, which the test login may become).
+    Tests that ask for the `platform` database get its own connection, as production does
+    (tests/tenants/test_least_privilege.py, the end-to-end tests' processes)."""
+    marker = request.node.get_closest_marker("django_db")
+    databases = (marker.kwargs.get("databases") if marker else None) or ()
+    if "platform" in databases or databases == "__all__":
+        yield
+        return
+    # Its own patch: a test's `monkeypatch.undo()` must not take it away.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rls, "_has_platform_connection", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """Seed the demo once per session; each test's transaction rolls back to it."""
     with django_db_blocker.unblock():
         seed_demo()
+        connections.close_all()  # the platform's connection, too, before tests block it
 
 
 @pytest.fixture

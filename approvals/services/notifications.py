@@ -18,6 +18,7 @@ def notify_reviewers_after_commit(request: ApprovalRequest, *, reminder: int = 0
     transaction.on_commit(
         lambda: _enqueue_notification(request.pk, reminder),
         robust=True,  # a broker outage must not fail what already committed (the sweep re-rings)
+        using=rls.current_alias(),
     )
 
 

@@ -44,13 +44,20 @@ def trail(harbor):
     return snapshot(harbor)
 
 
-@pytest.mark.parametrize("context", ["tenant", "platform"])
-def test_the_app_and_platform_roles_cannot_update_delete_or_truncate_events(harbor, trail, context):
-    scope = rls.tenant_context(harbor.pk) if context == "tenant" else rls.platform_context()
+@pytest.mark.parametrize(
+    ("context", "role"),
+    [("app", rls.APP_ROLE), ("worker", rls.WORKER_ROLE), ("platform", rls.PLATFORM_ROLE)],
+)
+def test_no_role_can_update_delete_or_truncate_events(harbor, users, trail, context, role):
+    scope = {
+        "app": lambda: rls.tenant_context(harbor.pk, user_id=users["ops"].pk),
+        "worker": lambda: rls.tenant_context(harbor.pk),
+        "platform": rls.platform_context,
+    }[context]()
     with scope:
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_user")
-            assert cursor.fetchone()[0] in (rls.APP_ROLE, rls.PLATFORM_ROLE)
+            assert cursor.fetchone()[0] == role
         errors = [
             refused("UPDATE audit_auditevent SET reason = 'x' WHERE tenant_id = %s", [harbor.pk]),
             refused("UPDATE audit_auditevent SET action = 'x' WHERE tenant_id = %s", [harbor.pk]),

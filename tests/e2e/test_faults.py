@@ -38,6 +38,7 @@ import desk.doorbell
 from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
 from desk.models import OutboxMessage, Run, StepRun, Sweep, WorkerHeartbeat
+from tenants import rls
 from tenants.models import Tenant
 from tests.e2e.support import (
     database_url_of_this_process,
@@ -353,17 +354,22 @@ def test_every_task_delivered_twice_changes_nothing(workers, model, monkeypatch)
     assert not AuditEvent.objects.filter(action="step.lease_expired").exists()
 
 
-# --- 7. the worker as the application role -------------------------------------------------------
+# --- 7. the cluster as its own logins ---------------------------------------------------------
 
 
-def app_role_url() -> str:
+def role_url(role: str) -> str:
     parts = urlsplit(database_url_of_this_process())
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"agentdesk_app@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
-def test_worker_as_application_role_sets_tenant_context(workers, model):
-    worker = workers.start(DATABASE_URL=app_role_url())
+def test_cluster_as_the_worker_and_platform_logins_sets_tenant_context(workers, model):
+    # As in production: the worker's login for its work, the platform's own for the
+    # scheduler's cross-tenant reads; neither may become the other.
+    worker = workers.start(
+        DATABASE_URL=role_url(rls.WORKER_ROLE),
+        DESK_PLATFORM_DATABASE_URL=role_url(rls.PLATFORM_ROLE),
+    )
     runs = start_runs(harbor=1, northwind=1)
 
     wait_until_all(runs, Run.Status.WAITING_APPROVAL)
@@ -372,7 +378,7 @@ def test_worker_as_application_role_sets_tenant_context(workers, model):
             "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()"
         )
-        assert {row[0] for row in cursor.fetchall()} == {"agentdesk_app"}
+        assert {row[0] for row in cursor.fetchall()} == {rls.WORKER_ROLE, rls.PLATFORM_ROLE}
     # Under row-level security a query outside the tenant's context finds nothing and
     # sends nothing, silently: the reviewers' notifications prove their queries saw rows.
     wait_for(

@@ -52,15 +52,25 @@ def test_every_tenant_table_is_listed_and_forced(db):
         assert (enabled, forced) == (True, True), table
 
 
-def test_the_app_role_cannot_bypass_and_owns_nothing(db):
+@pytest.mark.parametrize("role", [rls.APP_ROLE, rls.WORKER_ROLE, rls.PLATFORM_ROLE])
+def test_no_role_of_the_application_can_bypass_or_owns_a_table(db, role):
     [(superuser, bypass, inherit)] = fetch(
-        "SELECT rolsuper, rolbypassrls, rolinherit FROM pg_roles WHERE rolname = %s",
-        [rls.APP_ROLE],
+        "SELECT rolsuper, rolbypassrls, rolinherit FROM pg_roles WHERE rolname = %s", [role]
     )
-    owned = fetch("SELECT count(*) FROM pg_tables WHERE tableowner = %s", [rls.APP_ROLE])
+    owned = fetch("SELECT count(*) FROM pg_tables WHERE tableowner = %s", [role])
 
     assert (superuser, bypass, inherit) == (False, False, False)
     assert owned == [(0,)]
+
+
+def test_the_app_role_is_a_member_of_no_role(db):
+    granted = fetch(
+        "SELECT r.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid"
+        " JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = %s",
+        [rls.APP_ROLE],
+    )
+
+    assert granted == []
 
 
 def test_a_raw_select_in_one_tenants_context_sees_none_of_anothers_rows(
@@ -109,9 +119,12 @@ def test_the_context_does_not_outlive_its_transaction(harbor):
 
     with rls.tenant_context(harbor.pk):
         inside = fetch("SELECT current_user, current_setting('agentdesk.tenant_ids', true)")
+    with rls.acting_for(user_id=42), rls.tenant_context(harbor.pk):
+        for_a_user = fetch("SELECT current_user, current_setting('agentdesk.user_id', true)")
 
     after = fetch("SELECT current_user, current_setting('agentdesk.tenant_ids', true)")
-    assert inside == [(rls.APP_ROLE, str(harbor.pk))]
+    assert inside == [(rls.WORKER_ROLE, str(harbor.pk))]
+    assert for_a_user == [(rls.APP_ROLE, "42")]
     assert after == before
 
 
