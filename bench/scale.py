@@ -159,6 +159,7 @@ COPIES = {
         "input": "jsonb_build_object('topic', 'enquiry ' || g.n, 'email',"
         " 'client' || g.n || '@t' || src.tenant_id || '.example', 'name', 'Client ' || g.n)",
         "created_at": f"src.created_at - {AGE}",
+        "sla_due_at": f"src.sla_due_at - {AGE}",
         "updated_at": f"src.updated_at - {AGE}",
         "started_at": f"src.started_at - {AGE}",
         "finished_at": f"src.finished_at - {AGE}",

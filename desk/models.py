@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 from desk.transitions import HasTransitions, TransitionQuerySet
@@ -78,7 +79,14 @@ class Run(HasTransitions, models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     sla_escalated_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Given by start_run, from the same clock reading as the deadline below.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    sla_due_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the run misses its pinned version's target turnaround (created_at +"
+        " the target); set once, when the run is started.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -96,6 +104,23 @@ class Run(HasTransitions, models.Model):
         indexes = [
             models.Index(fields=["tenant", "status"]),
             models.Index(fields=["status", "created_at"]),
+            # What the service-level sweep reads each minute: the open runs not escalated
+            # yet, by deadline, so that it reads only those past it (OPEN_STATUSES).
+            models.Index(
+                fields=["sla_due_at"],
+                condition=models.Q(
+                    status__in=["queued", "running", "waiting_approval", "on_hold"],
+                    sla_escalated_at__isnull=True,
+                ),
+                name="run_sla_due",
+            ),
+            # Queued runs by tenant, oldest first: which tenants the reaper admits for, and
+            # the order admit_runs takes them in.
+            models.Index(
+                fields=["tenant", "created_at"],
+                condition=models.Q(status="queued"),
+                name="run_queued",
+            ),
         ]
 
     def __str__(self):
@@ -208,6 +233,13 @@ class StepRun(HasTransitions, models.Model):
                 fields=["tenant", "run"],
                 condition=models.Q(status="ready"),
                 name="steprun_ready",
+            ),
+            # Ready steps by how long they have waited: the reaper re-rings those that
+            # waited too long (lost doorbells).
+            models.Index(
+                fields=["ready_at"],
+                condition=models.Q(status="ready"),
+                name="steprun_ready_since",
             ),
         ]
 

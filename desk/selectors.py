@@ -24,6 +24,8 @@ from django.db.models.functions import Cast, Coalesce
 
 from audit.models import AuditEvent
 from desk.models import Run, StepRun, TenantUsage
+from roles.models import RoleVersion
+from roles.workflow import BUNDLE_DEFAULTS
 from tenants.models import Tenant
 from tenants.scoping import scope_to_tenant
 
@@ -113,31 +115,64 @@ def with_capacity(tenants: QuerySet[Tenant], *, now: datetime) -> QuerySet[Tenan
 # --- service levels ------------------------------------------------------------------------
 
 SERVICE_LEVELS = ("at_risk", "breached")
+# How long before its deadline a run is at risk, per minute of its target turnaround.
+SLA_AT_RISK_LEAD_PER_MINUTE = timedelta(minutes=1) * (1 - SLA_AT_RISK_SHARE)
 
 
-def _turnaround_after_start(per_minute: timedelta) -> ExpressionWrapper:
-    """created_at + the pinned version's target turnaround (in minutes) * per_minute."""
+def sla_target_minutes(version: RoleVersion) -> int | None:
+    """The version's target turnaround in minutes; None when its bundle holds none usable.
+
+    Validation refuses such a bundle (roles.workflow); a run of one written around it has
+    no deadline rather than failing to start.
+    """
+    try:
+        return version.target_turnaround_minutes
+    except (TypeError, ValueError):
+        return None
+
+
+def sla_due_at(version: RoleVersion, *, created_at: datetime) -> datetime | None:
+    """When a run of `version` created at `created_at` misses its target turnaround (the
+    value start_run stores in Run.sla_due_at); None when the version has no target."""
+    minutes = sla_target_minutes(version)
+    return None if minutes is None else created_at + timedelta(minutes=minutes)
+
+
+def sla_at_risk_lead(version: RoleVersion) -> timedelta:
+    """How long before its deadline a run of `version` is at risk."""
+    return (sla_target_minutes(version) or 0) * SLA_AT_RISK_LEAD_PER_MINUTE
+
+
+def _at_risk_from() -> ExpressionWrapper:
+    """Run.sla_due_at - sla_at_risk_lead(the pinned version), in the database."""
+    # A bundle that leaves the target out means the default (RoleVersion._bundled).
     # Cast: SQLite multiplies a duration by plain integer columns only; the wrappers give
     # each step its type, which Django cannot infer for integer * duration.
-    minutes = Cast(
-        KeyTextTransform("target_turnaround_minutes", "role_version__definition"), IntegerField()
+    minutes = Coalesce(
+        Cast(
+            KeyTextTransform("target_turnaround_minutes", "role_version__definition"),
+            IntegerField(),
+        ),
+        Value(BUNDLE_DEFAULTS["target_turnaround_minutes"]),
     )
-    turnaround = ExpressionWrapper(minutes * Value(per_minute), output_field=DurationField())
-    return ExpressionWrapper(F("created_at") + turnaround, output_field=DateTimeField())
+    lead = ExpressionWrapper(
+        minutes * Value(SLA_AT_RISK_LEAD_PER_MINUTE), output_field=DurationField()
+    )
+    return ExpressionWrapper(F("sla_due_at") - lead, output_field=DateTimeField())
 
 
 def runs_at_service_level(runs: QuerySet[Run], level: str, *, now: datetime) -> QuerySet[Run]:
     """The open runs that desk.services.sla_state would call `level` ("at_risk" or
-    "breached") at `now`, compared in the database against each role's target turnaround.
+    "breached") at `now`: compared in the database against each run's stored deadline
+    (Run.sla_due_at), at risk within sla_at_risk_lead of it.
 
     Raises ValueError for another level.
     """
     if level not in SERVICE_LEVELS:
         raise ValueError(f"unknown service level {level!r}")
-    runs = runs.filter(status__in=Run.OPEN_STATUSES).alias(
-        due_at=_turnaround_after_start(timedelta(minutes=1)),
-        at_risk_at=_turnaround_after_start(timedelta(minutes=SLA_AT_RISK_SHARE)),
-    )
+    runs = runs.filter(status__in=Run.OPEN_STATUSES)
     if level == "breached":
-        return runs.filter(due_at__lte=now)
-    return runs.filter(at_risk_at__lte=now, due_at__gt=now)
+        return runs.filter(sla_due_at__lte=now)
+    return runs.alias(at_risk_from=_at_risk_from()).filter(
+        at_risk_from__lte=now, sla_due_at__gt=now
+    )

@@ -3,7 +3,10 @@ second implementation of it."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from asgiref.sync import async_to_sync
+from django.db.models import F
 
 from desk import engine, worker
 from desk.models import Run
@@ -13,6 +16,17 @@ def advance(*runs: Run | int) -> dict[str, int]:
     """Run the production executor for exactly these runs until each parks, ends or fails."""
     ids = [getattr(run, "pk", run) for run in runs]
     return worker.work(run_id=ids[0], only=ids)
+
+
+def backdate(run: Run, *, created_at: datetime) -> Run:
+    """The run as if started at `created_at`: its service-level deadline (Run.sla_due_at)
+    moves with it, as start_run would have set it."""
+    earlier = run.created_at - created_at
+    Run.objects.filter(pk=run.pk).update(
+        created_at=created_at, sla_due_at=F("sla_due_at") - earlier
+    )
+    run.refresh_from_db()
+    return run
 
 
 def lease(run: Run, *, owner: str) -> engine.Lease | None:

@@ -4,6 +4,7 @@ prices, service levels), `outbox` (delivering side effects once) and `maintenanc
 sweeps and the workers' heartbeats). The engine (desk.engine) executes steps; these
 functions change state around it."""
 
+from desk.selectors import SLA_AT_RISK_SHARE
 from desk.services.decisions import (
     reject_parked_step,
     resume_approved_step,
@@ -40,7 +41,6 @@ from desk.services.runs import (
 )
 from desk.services.takeover import output_errors, retry_failed_step, take_over_step
 from desk.services.usage import (
-    SLA_AT_RISK_SHARE,
     escalate_missed_service_level,
     hold_for_budget,
     lift_budget,

@@ -23,7 +23,6 @@ from django.utils.module_loading import import_string
 from audit.services import Actor, record
 from desk import doorbell
 from desk.models import OutboxMessage, Run, StepRun, Sweep, WorkerHeartbeat
-from desk.selectors import runs_at_service_level
 from desk.services.outbox import deliver_due_outbox, sweep_outbox
 from desk.services.runs import admit_runs
 from desk.services.usage import escalate_missed_service_level
@@ -236,13 +235,18 @@ def expire_leases(*, tenant_id: int, now) -> int:
 
 
 def escalate_service_levels(*, now=None) -> dict[str, int]:
-    """Open one escalation for each open run past its role's target turnaround."""
+    """Open one escalation for each open run past its deadline (its role version's target
+    turnaround, stored on the run when it started).
+
+    Reads only the runs past their deadline and not escalated yet (index run_sla_due), so
+    runs still within theirs, parked or not, cost nothing here.
+    """
     now = now or timezone.now()
     with rls.platform_context():
-        late = runs_at_service_level(
-            Run.objects.filter(sla_escalated_at__isnull=True), "breached", now=now
+        late = Run.objects.filter(
+            status__in=Run.OPEN_STATUSES, sla_escalated_at__isnull=True, sla_due_at__lte=now
         )
-        candidates = list(late.order_by("created_at").values_list("pk", "tenant_id")[:SWEEP_LIMIT])
+        candidates = list(late.order_by("sla_due_at").values_list("pk", "tenant_id")[:SWEEP_LIMIT])
     escalated = sum(
         escalate_missed_service_level(run_id=run_id, tenant_id=tenant_id, now=now)
         for run_id, tenant_id in candidates

@@ -15,6 +15,7 @@ from audit.services import Actor, lock_chain, record
 from desk import doorbell, events
 from desk.gates import GateRule, get_gate
 from desk.models import Run, StepRun
+from desk.selectors import sla_due_at
 from roles.models import Role, RoleVersion
 from roles.workflow import schema_errors
 from tenants import locking, rls, safe_json
@@ -94,7 +95,11 @@ def _create_run(
 ) -> Run:
     try:
         with locking.atomic():
+            # The service level counts from the run's creation: one clock reading for both.
+            created_at = timezone.now()
             run = Run.objects.create(
+                created_at=created_at,
+                sla_due_at=sla_due_at(version, created_at=created_at),
                 tenant=tenant,
                 role=role,
                 role_version=version,

@@ -12,7 +12,7 @@ from audit.services import Actor, lock_chain, record
 from desk import doorbell
 from desk.gates import get_gate
 from desk.models import ModelPrice, Run, StepRun, TenantUsage
-from desk.selectors import SLA_AT_RISK_SHARE, month_start
+from desk.selectors import month_start, sla_at_risk_lead
 from desk.services.runs import admit_runs
 from tenants import locking, rls
 from tenants.locking import Level, lock
@@ -146,14 +146,16 @@ def set_model_price(
 
 
 def sla_state(run: Run, *, now) -> str:
-    """on_track, at_risk, or breached against the role's target turnaround; done when closed."""
+    """on_track, at_risk or breached against the run's deadline (Run.sla_due_at, at risk
+    within desk.selectors.sla_at_risk_lead of it); done when closed, unmeasured when the
+    run has no deadline (its version has no target)."""
     if not run.is_open:
         return "done"
-    target = timedelta(minutes=run.role_version.target_turnaround_minutes)
-    elapsed = now - run.created_at
-    if elapsed >= target:
+    if run.sla_due_at is None:
+        return "unmeasured"
+    if now >= run.sla_due_at:
         return "breached"
-    if elapsed >= target * SLA_AT_RISK_SHARE:
+    if now >= run.sla_due_at - sla_at_risk_lead(run.role_version):
         return "at_risk"
     return "on_track"
 

@@ -20,7 +20,7 @@ from tenants.services import update_tenant_settings
 from tests.admin.conftest import parked, start_intake
 from tests.conftest import INTAKE_INPUT
 from tests.publishing import publish
-from tests.runtime import advance
+from tests.runtime import advance, backdate
 
 ADD_URL = reverse("admin:desk_run_add")
 CHANGELIST_URL = reverse("admin:desk_run_changelist")
@@ -169,9 +169,7 @@ def test_reviewers_see_the_timeline_but_not_the_trail(client, users, parked_run)
 
 def started_minutes_ago(tenant, user, minutes: float) -> Run:
     run = start_intake(tenant, user)
-    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=minutes))
-    run.refresh_from_db()
-    return run
+    return backdate(run, created_at=timezone.now() - timedelta(minutes=minutes))
 
 
 @pytest.fixture

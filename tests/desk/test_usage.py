@@ -11,7 +11,7 @@ from approvals.services import DecisionError, resolve_escalation
 from audit.models import AuditEvent
 from desk import services
 from desk.models import ModelPrice, Run, TenantUsage
-from tests.runtime import advance
+from tests.runtime import advance, backdate
 
 
 @pytest.fixture
@@ -91,8 +91,7 @@ def test_only_operators_resolve_escalations(harbor, start_intake, users):
 
 def test_a_run_past_its_roles_turnaround_is_flagged_and_escalated_once(parked_intake):
     now = timezone.now()
-    Run.objects.filter(pk=parked_intake.pk).update(created_at=now - timedelta(minutes=50))
-    parked_intake.refresh_from_db()
+    backdate(parked_intake, created_at=now - timedelta(minutes=50))
     assert services.sla_state(parked_intake, now=now) == "at_risk"  # target is 60 min
 
     later = now + timedelta(minutes=15)
