@@ -59,19 +59,36 @@ def member_tenant_ids(user, *, kinds: tuple[str, ...] | None = None) -> set[int]
     cache = request_cache(user)
     key = ("tenant_ids", kinds)
     if key not in cache:
-        memberships = Membership.objects.filter(user=user)
-        if kinds:
-            memberships = memberships.filter(kind__in=kinds)
-        ids = set(memberships.values_list("tenant_id", flat=True))
+        ids = {tenant_id for tenant_id, kind in _memberships(user) if not kinds or kind in kinds}
         if kinds is None or set(kinds) & set(READ_ONLY_KINDS):
             ids |= set(break_glass_grants(user))
         cache[key] = ids
     return cache[key]
 
 
+def _memberships(user) -> list[tuple[int, str]]:
+    """(tenant id, kind) of each of the user's memberships: one query a request, whichever
+    kinds its pages ask about."""
+    cache = request_cache(user)
+    if "memberships" not in cache:
+        rows = Membership.objects.filter(user=user).values_list("tenant_id", "kind")
+        cache["memberships"] = list(rows)
+    return cache["memberships"]
+
+
 def tenants_for_user(user, *, kinds: tuple[str, ...] | None = None) -> QuerySet[Tenant]:
     """The tenants a user may see."""
     return Tenant.objects.filter(id__in=member_tenant_ids(user, kinds=kinds))
+
+
+def visible_tenants(user, *, kinds: tuple[str, ...] | None = None) -> list[Tenant]:
+    """The tenants a user may see (optionally: as one of `kinds`), by name; read once a
+    request (a page's tenant filter and its other lists of tenants share it)."""
+    cache = request_cache(user)
+    key = ("tenants", kinds)
+    if key not in cache:
+        cache[key] = list(tenants_for_user(user, kinds=kinds).order_by("name", "pk"))
+    return cache[key]
 
 
 def scope_to_user(
