@@ -128,7 +128,7 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "tenant",
         "via",
     )
-    list_select_related = ("tenant", "role", "role_version")
+    list_select_related = ("tenant", "role__tenant", "role_version")
     search_fields = ("started_by_label", "role__name", "role__slug", "error")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
@@ -168,6 +168,12 @@ class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
         "completion_tokens",
         "cost_display",
     )
+
+    def get_queryset(self, request):
+        # The run's page reads its tenant, role (named with its tenant's slug) and version.
+        return (
+            super().get_queryset(request).select_related("tenant", "role__tenant", "role_version")
+        )
 
     @admin.display(description="version", ordering="role_version__number")
     def version(self, obj):
