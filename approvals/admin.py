@@ -56,6 +56,7 @@ from desk.engine import step_definition
 from desk.selectors import steps_before
 from roles.admin_golden import golden_from_decision_button
 from roles.workflow import CATEGORIES
+from tenants.admin_pagination import BigTableAdmin
 from tenants.admin_scoping import (
     TenantScopedAdmin,
     TenantScopedHistoryAdmin,
@@ -224,7 +225,7 @@ class DecisionInline(TenantScopedAdmin, admin.TabularInline):
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
+class ApprovalRequestAdmin(BigTableAdmin, admin.ModelAdmin):
     change_access = "review"  # "changing" a request is deciding it, on the review page
     add_access = delete_access = None
     inlines = (DecisionInline,)
@@ -556,7 +557,7 @@ class ApprovalRequestAdmin(TenantScopedAdmin, admin.ModelAdmin):
 
 
 @admin.register(Escalation)
-class EscalationAdmin(TenantScopedAdmin, admin.ModelAdmin):
+class EscalationAdmin(BigTableAdmin, admin.ModelAdmin):
     view_access = "audit"
     add_access = change_access = delete_access = None  # resolved through its action
     actions = ("resolve_escalations",)

@@ -35,6 +35,7 @@ from desk.services import (
 )
 from desk.services.outbox import next_attempt_at
 from roles.models import Role, RoleVersion
+from tenants.admin_pagination import BigTableAdmin
 from tenants.admin_scoping import (
     TenantScopedAdmin,
     confirm_with_reason,
@@ -102,7 +103,7 @@ class RoleVersionListFilter(admin.RelatedFieldListFilter):
 
 
 @admin.register(Run)
-class RunAdmin(TenantScopedAdmin, admin.ModelAdmin):
+class RunAdmin(BigTableAdmin, admin.ModelAdmin):
     change_access = delete_access = None  # a run changes through its steps, not by hand
     add_form_template = "admin/desk/run/start_run.html"
     actions = ("cancel_runs",)
@@ -349,7 +350,7 @@ class OutboxAttemptInline(TenantScopedAdmin, admin.TabularInline):
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(TenantScopedAdmin, admin.ModelAdmin):
+class OutboxMessageAdmin(BigTableAdmin, admin.ModelAdmin):
     """Side effects waiting to go out, sent, failed, or uncertain (the worker handing one to
     the mail server died before it could record the outcome: a person checks and decides);
     every attempt at handing each over, below it."""

@@ -10,7 +10,9 @@ the form accepted the input (a rule the form cannot see, such as a slug taken in
 the user may not read) is shown on the form again, and nothing is written.
 
 Also here: the few widgets and helpers every app's admin shares (pretty JSON, the
-confirmation page of actions, the page of a form that is not a model form).
+confirmation page of actions, the page of a form that is not a model form). The
+changelists of big tables (runs, approvals, the audit trail) add `BigTableAdmin` and its
+paginator, in tenants.admin_pagination.
 """
 
 from __future__ import annotations
