@@ -187,18 +187,17 @@ def staff_grant(tenant, **times) -> tuple[int, BreakGlassGrant]:
 @pytest.mark.parametrize(
     "times",
     [
-        {"expires_at": timezone.now() - timedelta(seconds=1)},
-        {"ended_at": timezone.now() - timedelta(minutes=1)},
-        {
-            "started_at": timezone.now() + timedelta(hours=1),
-            "expires_at": timezone.now() + timedelta(hours=2),
-        },
+        {"expires_at": -timedelta(seconds=1)},
+        {"ended_at": -timedelta(minutes=1)},
+        {"started_at": timedelta(hours=1), "expires_at": timedelta(hours=2)},
     ],
     ids=["expired", "closed", "not yet started"],
 )
 def test_a_break_glass_grant_that_is_not_open_proves_nothing(harbor, times):
+    # Offsets from the test's own time (a time taken at collection may be minutes old).
+    now = timezone.now()
     with rls.platform_context():
-        user_id, _ = staff_grant(harbor, **times)
+        user_id, _ = staff_grant(harbor, **{name: now + delta for name, delta in times.items()})
 
     with login_as(rls.APP_ROLE) as conn:
         counts = in_context(conn, tenant_ids=[harbor.pk], user_id=user_id)
