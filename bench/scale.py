@@ -158,6 +158,9 @@ COPIES = {
         "id": f"src.id + {SHIFT}",
         "input": "jsonb_build_object('topic', 'enquiry ' || g.n, 'email',"
         " 'client' || g.n || '@t' || src.tenant_id || '.example', 'name', 'Client ' || g.n)",
+        # What desk.search would write for that input (shortest strings first).
+        "search_text": "lower('client ' || g.n || ' enquiry ' || g.n || ' client' || g.n"
+        " || '@t' || src.tenant_id || '.example')",
         "created_at": f"src.created_at - {AGE}",
         "sla_due_at": f"src.sla_due_at - {AGE}",
         "updated_at": f"src.updated_at - {AGE}",

@@ -130,7 +130,10 @@ class RunAdmin(BigTableAdmin, admin.ModelAdmin):
         "via",
     )
     list_select_related = ("tenant", "role__tenant", "role_version")
-    search_fields = ("started_by_label", "role__name", "role__slug", "error")
+    # One indexed text per run (desk.search): the client's e-mail and name, the subject,
+    # the body, the role and who started it.
+    search_fields = ("search_text",)
+    search_help_text = "A client's e-mail or name, a subject, a reference, a role, who started it."
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     fieldsets = (

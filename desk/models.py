@@ -87,6 +87,8 @@ class Run(HasTransitions, models.Model):
         help_text="When the run misses its pinned version's target turnaround (created_at +"
         " the target); set once, when the run is started.",
     )
+    # What the runs list's search looks in (desk.search), written when the run starts.
+    search_text = models.TextField(blank=True, default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

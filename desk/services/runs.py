@@ -12,7 +12,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from audit.services import Actor, lock_chain, record
-from desk import doorbell, events
+from desk import doorbell, events, search
 from desk.gates import GateRule, get_gate
 from desk.models import Run, StepRun
 from desk.selectors import sla_due_at
@@ -20,7 +20,8 @@ from roles.models import Role, RoleVersion
 from roles.workflow import schema_errors
 from tenants import locking, rls, safe_json
 from tenants.locking import Level, lock
-from tenants.models import Tenant
+from tenants.models import ClientRecord, Tenant
+from tenants.scoping import scope_to_tenant
 
 
 @dataclass
@@ -82,6 +83,18 @@ def _checked_start(*, tenant: Tenant, role: Role, input: Any) -> tuple[Role, Rol
     return role, version
 
 
+def _search_text(tenant: Tenant, role: Role, input: dict[str, Any], actor: Actor) -> str:
+    """What the runs list's search finds the run by (desk.search), with the names of the
+    tenant's clients whose e-mail the input holds."""
+    return search.search_text(
+        input=input,
+        role_name=role.name,
+        role_slug=role.slug,
+        started_by=actor.label,
+        clients=search.clients_named(scope_to_tenant(ClientRecord.objects.all(), tenant), input),
+    )
+
+
 def _create_run(
     *,
     tenant: Tenant,
@@ -98,6 +111,7 @@ def _create_run(
             # The service level counts from the run's creation: one clock reading for both.
             created_at = timezone.now()
             run = Run.objects.create(
+                search_text=_search_text(tenant, role, input, actor),
                 created_at=created_at,
                 sla_due_at=sla_due_at(version, created_at=created_at),
                 tenant=tenant,
