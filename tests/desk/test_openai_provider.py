@@ -366,18 +366,24 @@ def test_acomplete_timeout_every_attempt(fake_openai: FakeOpenAIServer) -> None:
 
 
 def test_concurrent_acomplete_calls_overlap_on_the_server(fake_openai: FakeOpenAIServer) -> None:
-    fake_openai.latency = 0.2
+    # No answer leaves the server until all 50 calls are in flight together: calls sent one
+    # at a time never get there, and then the hold times out with hold_released False.
+    fake_openai.hold_until_in_flight(50)
 
     async def main() -> list[Any]:
         async with make_provider(fake_openai, []) as provider:
             return await asyncio.gather(
-                *(provider.acomplete(make_request(prompt=f"ticket {i}")) for i in range(50))
+                *(
+                    provider.acomplete(make_request(prompt=f"ticket {i}", timeout_seconds=30))
+                    for i in range(50)
+                )
             )
 
     responses = asyncio.run(main())
     assert [r.output for r in responses] == [EXPECTED] * 50
     assert fake_openai.request_count == 50
-    assert fake_openai.peak_in_flight >= 40
+    assert fake_openai.hold_released
+    assert fake_openai.peak_in_flight == 50
 
 
 # --- retry policy (pure functions) ----------------------------------------------------------------
