@@ -52,10 +52,9 @@ class AuditEventAdmin(BigTableAdmin, admin.ModelAdmin):
         "short_reason",
     )
     list_display_links = ("seq", "action")
-    list_filter = ("action", "actor_type", "tenant")
+    list_filter = ("action", "actor_type", "tenant", "created_at")
     list_select_related = ("tenant",)
     search_fields = ("action", "reason", "actor_label")
-    date_hierarchy = "created_at"
     ordering = ("-created_at", "-seq")
     fieldsets = (
         (None, {"fields": ("tenant", "seq", "when", "action", "reason")}),

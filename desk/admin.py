@@ -19,7 +19,7 @@ from django_q.models import Failure, OrmQ, Schedule, Success
 from simple_history.admin import SimpleHistoryAdmin
 
 from audit.services import Actor
-from desk import health
+from desk import health, search
 from desk.engine import step_definition
 from desk.forms import StartRunForm
 from desk.models import ModelPrice, OutboxAttempt, OutboxMessage, Run, Sweep, WorkerHeartbeat
@@ -128,13 +128,13 @@ class RunAdmin(BigTableAdmin, admin.ModelAdmin):
         ("role_version", RoleVersionListFilter),
         "tenant",
         "via",
+        "created_at",
     )
     list_select_related = ("tenant", "role__tenant", "role_version")
     # One indexed text per run (desk.search): the client's e-mail and name, the subject,
-    # the body, the role and who started it.
+    # the body, the role and who started it; searched by get_search_results.
     search_fields = ("search_text",)
     search_help_text = "A client's e-mail or name, a subject, a reference, a role, who started it."
-    date_hierarchy = "created_at"
     ordering = ("-created_at",)
     fieldsets = (
         (None, {"fields": ("tenant", "role", "version", "status", "error")}),
@@ -172,6 +172,9 @@ class RunAdmin(BigTableAdmin, admin.ModelAdmin):
         "completion_tokens",
         "cost_display",
     )
+
+    def get_search_results(self, request, queryset, search_term):
+        return search.matching_runs(queryset, search_term), False
 
     def get_queryset(self, request):
         # The run's page reads its tenant, role (named with its tenant's slug) and version.

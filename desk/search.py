@@ -3,8 +3,8 @@
 It holds the run's input (every string in it: the client's e-mail, the subject, the body),
 the client records whose e-mail the input names (their name and reference), the role and
 who started the run. On PostgreSQL a trigram index (GIN, pg_trgm) over it serves the
-admin's `icontains` search, so finding a client among a million runs reads only the runs
-that match (desk/migrations/0010_run_search_text.py).
+runs list's search (`matching_runs`), so finding a client among a million runs reads only
+the runs that match (desk/migrations/0010_run_search_text.py, 0012_run_search_function.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from django.db import connections
+from django.db.models.expressions import RawSQL
+from django.utils.text import smart_split, unescape_string_literal
 
 # Enough for the fields people search for; a long body is cut, not the e-mail or subject
 # (the input's strings go shortest first, which also makes the text independent of the
@@ -66,3 +70,31 @@ def search_text(
     parts += [started_by, *sorted(_strings(input), key=lambda s: (len(s), s))]
     text = " ".join(" ".join(part.split()) for part in parts if part)
     return text.lower()[:SEARCH_TEXT_MAX]
+
+
+def like_pattern(term: str) -> str:
+    """A LIKE pattern matching `term` anywhere (its %, _ and \\ taken literally), as Django's
+    `icontains` builds it."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def matching_runs(queryset, search_term: str):
+    """The runs of `queryset` whose search text holds every word of `search_term` (quoted
+    phrases kept whole), as the admin's search over `search_text` finds them.
+
+    On PostgreSQL through agentdesk_run_search (desk/migrations/0012), which the trigram
+    index serves under row-level security; elsewhere through `icontains`.
+    """
+    postgres = connections[queryset.db].vendor == "postgresql"
+    for bit in smart_split(search_term):
+        if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+            bit = unescape_string_literal(bit)
+        if not bit:
+            continue
+        if postgres:
+            sql = "SELECT agentdesk_run_search(%s)"
+            queryset = queryset.filter(pk__in=RawSQL(sql, [like_pattern(bit)]))
+        else:
+            queryset = queryset.filter(search_text__icontains=bit)
+    return queryset

@@ -12,19 +12,26 @@ table once more for "N total". Here neither happens:
   least `list_max_show_all` rows). Any page can still be opened (`?p=200` counts up to
   page 210), and a page past the end is refused as Django refuses it.
 - `BigTableAdmin` uses that paginator, turns off the full count and the filters' facet
-  counts (each a count over the table), and offers as the tenant filter the tenants the
-  user may see, not the distinct tenants of the table's rows.
+  counts (each a count over the table), and builds its filters' choices without reading
+  the table: a related filter (tenant, role) offers the related rows of the tenants the user
+  may see, not the distinct ones of the table's rows; a filter on a text column (an
+  event's action) offers the values of the newest rows and the one asked for. A date
+  filter offers fixed ranges (today, the past 7 days, this month, this year): Django's date
+  hierarchy reads the first and last date and every distinct year, month or day.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.admin.views.main import IGNORED_PARAMS, PAGE_VAR, ChangeList
 from django.core.paginator import Paginator
+from django.db import models
 from django.utils.functional import cached_property
 
-from tenants.admin_scoping import ScopedRelatedFilter, TenantScopedAdmin
-from tenants.scoping import visible_tenants
+from tenants.admin_scoping import ScopedRelatedFilter, TenantScopedAdmin, has_tenant_field
+from tenants.models import Tenant
+from tenants.scoping import scope_to_user, visible_tenants
 
 PAGES_AHEAD = 10
 
@@ -62,6 +69,23 @@ class CappedPaginator(Paginator):
     def count(self) -> int:
         return count_at_most(self.object_list, self.limit)
 
+    def rows(self, bottom: int, top: int):
+        """Rows `bottom` to `top` in two queries: first their keys, from the table alone (an
+        index of the tenant and the order serves it, and a deep page skips index entries,
+        not joined rows), then those rows with what the page shows of them. In one query
+        the planner, who cannot know how many rows row-level security lets through, may
+        join and sort every row of a big tenant to keep a hundred."""
+        keys = list(self.object_list.values_list("pk", flat=True)[bottom:top])
+        return self.object_list.filter(pk__in=keys)
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        return self._get_page(self.rows(bottom, top), number, self)
+
     @property
     def capped(self) -> bool:
         """Whether there are more rows than were counted (the count is a lower bound)."""
@@ -97,16 +121,47 @@ def page_asked(request) -> int:
         return 1
 
 
-class VisibleTenantFilter(ScopedRelatedFilter):
-    """A big table's tenant filter: the tenants the user may see on the page (one small
-    query, shared with the page's other lists of tenants), not the distinct tenants of the
-    rows (a read of the whole table)."""
+class VisibleRelatedFilter(ScopedRelatedFilter):
+    """A big table's filter on a related table: the tenants the user may see on the page
+    (one small query, shared with the page's other lists of tenants), or the related rows
+    of those tenants (a run's role), at most `max_choices`; not the distinct related rows of
+    the table's rows (a read of the whole table). The value asked for always applies."""
+
+    max_choices = 200
 
     def field_choices(self, field, request, model_admin):
         kinds = model_admin._visible_kinds()
         if kinds == ():
             return []
-        return [(tenant.pk, str(tenant)) for tenant in visible_tenants(request.user, kinds=kinds)]
+        related_model = field.remote_field.model
+        if related_model is Tenant:
+            return [(t.pk, str(t)) for t in visible_tenants(request.user, kinds=kinds)]
+        if not has_tenant_field(related_model):
+            return super().field_choices(field, request, model_admin)
+        related = scope_to_user(related_model._default_manager.all(), request.user, kinds=kinds)
+        ordering = self.field_admin_ordering(field, request, model_admin) or ("pk",)
+        related = related.select_related("tenant").order_by(*ordering)[: self.max_choices]
+        return [(obj.pk, str(obj)) for obj in related]
+
+
+class RecentValuesFilter(admin.AllValuesFieldListFilter):
+    """A big table's filter on a text column (an audit event's action, a request's
+    category): the values of the newest `recent_rows` rows the user may see (in the page's
+    order), and the value asked for; not the distinct values of every row (a read of the
+    whole table). A rarer value is still one search, or `?field=value`, away."""
+
+    recent_rows = 1000
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        newest = (
+            model_admin.get_queryset(request)
+            .order_by(*model_admin.get_ordering(request))
+            .values_list(field.name, flat=True)[: self.recent_rows]
+        )
+        values = {value for value in newest if value is not None} | set(self.lookup_val or ())
+        self.lookup_choices = sorted(values)
+        self.title = f"{self.title} (in the latest {self.recent_rows:,})"
 
 
 class CappedChangeList(ChangeList):
@@ -117,6 +172,9 @@ class CappedChangeList(ChangeList):
         super().get_results(request)
         if not self.query and all(name in IGNORED_PARAMS for name in self.params):
             self.full_result_count = self.result_count
+        if not self.multi_page and not (self.show_all and self.can_show_all):
+            # One page of results (a search that found a few): read as any page is.
+            self.result_list = self.paginator.rows(0, self.result_count)
 
 
 class BigTableAdmin(TenantScopedAdmin):
@@ -143,9 +201,16 @@ class BigTableAdmin(TenantScopedAdmin):
         )
 
     def _scoped_filter(self, item):
-        if item == self.tenant_field:
-            return (item, VisibleTenantFilter)
-        return super()._scoped_filter(item)
+        if not isinstance(item, str):
+            return item
+        field = get_fields_from_path(self.model, item)[-1]
+        if field.is_relation:
+            return (item, VisibleRelatedFilter)
+        if isinstance(field, models.DateTimeField):
+            return (item, admin.DateFieldListFilter)
+        if not field.choices and isinstance(field, models.CharField):
+            return (item, RecentValuesFilter)
+        return item
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)

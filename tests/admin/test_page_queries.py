@@ -1,5 +1,5 @@
 """The admin's main pages cost a fixed number of queries (issue 12, an admin that stays fast
-at a million runs): the same for 2 runs as for 30 (with their steps, approval requests,
+at a million runs): the same for 3 runs as for 30 (with their steps, approval requests,
 escalations, decisions, outbox messages and audit events), and at most 15. No page counts
 a big table whole: any COUNT(*) is over a LIMITed subquery (tenants/admin_pagination.py).
 
@@ -11,6 +11,7 @@ escalations, outbox and tenants, the auditor the audit trail.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 from django.db import connection, transaction
@@ -28,7 +29,7 @@ from tests.queries import page_statements
 from tests.runtime import advance
 
 BUDGET = 15
-FEW, MANY = 2, 30
+FEW, MANY = 3, 30  # with 3, every page shows a row (harbor waits in one run)
 
 
 def add_runs(count: int, *, harbor, northwind, users) -> None:
@@ -72,7 +73,10 @@ def assert_flat(client, urls: list[str], grow) -> None:
     grow()
     for url in urls:
         many = page_queries(client, url)
-        assert len(many) == len(few[url]), (url, few[url], many)
+        shapes = Counter(sql[:90] for sql in many)
+        shapes.subtract(sql[:90] for sql in few[url])
+        changed = {shape: n for shape, n in shapes.items() if n}
+        assert len(many) == len(few[url]), (url, "more (+) or fewer (-) of:", changed)
         assert len(many) <= BUDGET, (url, many)
 
 
@@ -83,14 +87,14 @@ def grow(harbor, northwind, users):
     return lambda: add_runs(MANY - FEW, harbor=harbor, northwind=northwind, users=users)
 
 
-def test_the_index_costs_the_same_queries_for_2_and_30_runs(client, users, grow):
+def test_the_index_costs_the_same_queries_for_3_and_30_runs(client, users, grow):
     client.force_login(users["reviewer.harbor"])
 
     assert_flat(client, [reverse("admin:index")], grow)
 
 
-def test_runs_list_costs_the_same_queries_for_2_and_30_runs(client, users, grow, monkeypatch):
-    # Ten a page: one page of 2 runs, then the first of 3 pages of 30.
+def test_runs_list_costs_the_same_queries_for_3_and_30_runs(client, users, grow, monkeypatch):
+    # Ten a page: one page of 3 runs, then the first of 3 pages of 30.
     monkeypatch.setattr(RunAdmin, "list_per_page", 10)
     client.force_login(users["ops"])
     runs = reverse("admin:desk_run_changelist")
@@ -102,40 +106,40 @@ def test_runs_list_costs_the_same_queries_for_2_and_30_runs(client, users, grow,
     )
 
 
-def test_a_runs_page_costs_the_same_queries_for_2_and_30_runs(client, users, grow, harbor):
+def test_a_runs_page_costs_the_same_queries_for_3_and_30_runs(client, users, grow, harbor):
     client.force_login(users["ops"])
     run = Run.objects.filter(tenant=harbor).order_by("created_at").first()
 
     assert_flat(client, [reverse("admin:desk_run_change", args=[run.pk])], grow)
 
 
-def test_the_approvals_queue_costs_the_same_queries_for_2_and_30_runs(client, users, grow):
+def test_the_approvals_queue_costs_the_same_queries_for_3_and_30_runs(client, users, grow):
     client.force_login(users["reviewer.harbor"])
     queue = reverse("admin:approvals_approvalrequest_changelist")
 
     assert_flat(client, [queue, f"{queue}?inbox=all&status=all"], grow)
 
 
-def test_escalations_cost_the_same_queries_for_2_and_30_runs(client, users, grow):
+def test_escalations_cost_the_same_queries_for_3_and_30_runs(client, users, grow):
     client.force_login(users["ops"])
 
     assert_flat(client, [reverse("admin:approvals_escalation_changelist")], grow)
 
 
-def test_the_audit_trail_costs_the_same_queries_for_2_and_30_runs(client, users, grow):
+def test_the_audit_trail_costs_the_same_queries_for_3_and_30_runs(client, users, grow):
     client.force_login(users["auditor"])
     events = reverse("admin:audit_auditevent_changelist")
 
     assert_flat(client, [events, f"{events}?action=run.started"], grow)
 
 
-def test_the_outbox_costs_the_same_queries_for_2_and_30_runs(client, users, grow):
+def test_the_outbox_costs_the_same_queries_for_3_and_30_runs(client, users, grow):
     client.force_login(users["ops"])
 
     assert_flat(client, [reverse("admin:desk_outboxmessage_changelist")], grow)
 
 
-def test_the_tenant_pages_cost_the_same_queries_for_2_and_30_runs(client, users, grow, harbor):
+def test_the_tenant_pages_cost_the_same_queries_for_3_and_30_runs(client, users, grow, harbor):
     client.force_login(users["ops"])
 
     assert_flat(

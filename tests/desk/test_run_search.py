@@ -89,22 +89,70 @@ def test_the_migration_fills_existing_runs_as_start_run_writes_them(runs):
 
 
 @pytest.mark.postgres
-def test_the_search_is_served_by_the_trigram_index(users, runs):
+def test_the_runs_list_searches_through_the_function_the_trigram_index_serves(users, runs):
     from django.contrib.admin.sites import site
     from django.test import RequestFactory
 
     request = RequestFactory().get(CHANGELIST, {"q": "maya.chen@example.com"})
     request.user = users["reviewer.harbor"]
-    model_admin = site._registry[Run]
-    queryset, _ = model_admin.get_search_results(
+    queryset, _ = site._registry[Run].get_search_results(
         request, Run.objects.all(), "maya.chen@example.com"
     )
+    assert "agentdesk_run_search" in str(queryset.query)
+    # What the function reads, as the platform role it runs as: the trigram index.
     with rls.platform_context(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        sql, params = queryset.query.sql_with_params()
-        cursor.execute(f"EXPLAIN {sql}", params)
+        cursor.execute(
+            "EXPLAIN SELECT id FROM desk_run WHERE UPPER(search_text) LIKE UPPER(%s)",
+            ["%maya.chen@example.com%"],
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "run_search_trgm" in plan, plan
+
+
+def search_function(pattern: str) -> set[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT agentdesk_run_search(%s)", [pattern])
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.postgres
+def test_the_search_function_returns_no_run_of_another_tenant(users, runs, harbor, northwind):
+    reviewer = users["reviewer.harbor"]  # a member of harbor only
+
+    with rls.tenant_context(harbor.pk, user_id=reviewer.pk):
+        mine = search_function("%maya.chen@example.com%")
+    with rls.tenant_context([harbor.pk, northwind.pk], user_id=reviewer.pk):
+        asked_for_both = search_function("%maya.chen@example.com%")
+
+    assert mine == {runs["maya"]}
+    assert asked_for_both == {runs["maya"]}  # northwind's run: no membership, no proof
+
+
+@pytest.mark.postgres
+def test_the_search_function_with_no_tenant_proved_returns_nothing(users, runs, northwind):
+    with rls.lookup_context(user_id=users["reviewer.harbor"].pk):
+        nothing_asked = search_function("%")
+    with rls.tenant_context(northwind.pk, user_id=users["reviewer.harbor"].pk):
+        not_a_member = search_function("%")
+
+    assert nothing_asked == set() and not_a_member == set()
+
+
+@pytest.mark.postgres
+def test_the_worker_role_may_not_call_the_search_function(runs, harbor):
+    from django.db import DatabaseError
+
+    with pytest.raises(DatabaseError, match="permission denied"), rls.tenant_context(harbor.pk):
+        search_function("%")  # outside a request: the worker role
+
+
+def test_like_wildcards_in_a_search_are_taken_literally(client, users, runs):
+    reviewer = users["reviewer.harbor"]
+
+    assert found(client, reviewer, "%") == set()
+    assert found(client, reviewer, "maya_chen") == set()
+    assert found(client, reviewer, '"lease question"') == {runs["maya"]}
 
 
 def test_a_long_body_is_cut_not_the_e_mail_or_subject():
