@@ -21,7 +21,7 @@ from collections.abc import Collection
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connections
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 
@@ -70,9 +70,11 @@ def ready_runs(
 
 def _refresh_connection() -> None:
     # Drop a connection the database closed (say, after a restart) before using it; never
-    # inside a caller's transaction.
-    if not connection.in_atomic_block:
-        close_old_connections()
+    # one in a caller's transaction (seed_demo works inside platform work, on the platform
+    # connection, which close_old_connections would close).
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
 
 
 class Limits:

@@ -187,3 +187,24 @@ class TestDoorbells:
         assert admitted == [r.pk for r in runs]
         assert [kw["run_id"] for kw in rung] == [runs[0].pk, runs[2].pk, runs[4].pk]
         assert all(kw["q_options"] == {"group": "runs", "save": False} for kw in rung)
+
+
+def test_a_connection_in_a_callers_transaction_is_not_closed_before_work(monkeypatch):
+    # seed_demo calls work() inside platform work: closing the platform connection there
+    # (as close_old_connections does to any connection not in autocommit) lost it mid-way.
+    class Conn:
+        def __init__(self, in_atomic_block):
+            self.in_atomic_block = in_atomic_block
+            self.checked = False
+
+        def close_if_unusable_or_obsolete(self):
+            self.checked = True
+
+    default, platform = Conn(in_atomic_block=False), Conn(in_atomic_block=True)
+    monkeypatch.setattr(
+        worker.connections, "all", lambda initialized_only=False: [default, platform]
+    )
+
+    worker._refresh_connection()
+
+    assert default.checked and not platform.checked
