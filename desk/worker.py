@@ -18,19 +18,35 @@ import logging
 import time
 from collections import deque
 from collections.abc import Collection
+from datetime import timedelta
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.db.models import F, Window
-from django.db.models.functions import RowNumber
+from django.db.models import (
+    Case,
+    Count,
+    F,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    Value,
+    When,
+    Window,
+)
+from django.db.models.functions import Coalesce, RowNumber
+from django.utils import timezone
 
 from desk import cluster, doorbell, engine, services
 from desk.models import Run, StepRun
 from desk.providers import ProviderError, aclose_providers, get_provider
 from tenants import rls
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+# A reservation is steps per minute: counted over the last minute.
+RESERVATION_WINDOW = timedelta(minutes=1)
 
 
 def db(func):
@@ -41,31 +57,71 @@ def db(func):
 def ready_runs(
     *, limit: int, exclude: Collection[int], only: Collection[int] | None = None
 ) -> list[tuple[int, int]]:
-    """(run id, tenant id) of running runs with a ready step, in weighted fair order.
+    """(run id, tenant id) of running runs with a ready step, in fair order.
 
-    Each tenant's oldest ready runs are interleaved by priority weight, so one tenant's
-    backlog cannot push another tenant's work to the back. Reads ids only, across
-    tenants: the scheduler is the one component that does.
+    First the runs each tenant's reservation still owes it this minute: a tenant that
+    completed fewer steps in the last minute than its reserved steps per minute has that
+    many of its runs served ahead of everyone's turn, so a reservation is a promise. Then
+    each tenant's runs are interleaved by priority weight, so one tenant's backlog cannot
+    push another tenant's work to the back. Within a tenant, the run nearest its service-
+    level deadline goes first, then the oldest. Reads ids only, across tenants: the
+    scheduler is the one component that does.
     """
     with rls.platform_context():
         ready = StepRun.objects.filter(status=StepRun.Status.READY, run__status=Run.Status.RUNNING)
         if only is not None:
             ready = ready.filter(run_id__in=only)
-        ranked = (
-            ready.exclude(run_id__in=exclude)
-            .annotate(
-                rank=Window(
-                    RowNumber(),
-                    partition_by=[F("tenant_id")],
-                    # Oldest first: by when the run was made (ids are random, tenants.ids).
-                    order_by=[F("run__created_at").asc(), F("run_id").asc()],
-                )
+        ready = ready.exclude(run_id__in=exclude)
+        owed = reservation_owed(ready.values("tenant_id"))
+        ranked = ready.annotate(
+            rank=Window(
+                RowNumber(),
+                partition_by=[F("tenant_id")],
+                # Deadline first, then by when the run was made (ids are random, tenants.ids).
+                order_by=[
+                    F("run__sla_due_at").asc(nulls_last=True),
+                    F("run__created_at").asc(),
+                    F("run_id").asc(),
+                ],
             )
-            .annotate(turn=F("rank") * 1.0 / F("tenant__priority_weight"))
-            .order_by("turn", "run__created_at", "run_id")
-            .values_list("run_id", "tenant_id")[:limit]
+        ).annotate(
+            owed=Case(
+                *(When(tenant_id=tenant_id, then=Value(n)) for tenant_id, n in owed.items()),
+                default=Value(0),
+                output_field=IntegerField(),
+            ),
+            turn=F("rank") * 1.0 / F("tenant__priority_weight"),
         )
-        return list(ranked)
+        ranked = ranked.annotate(
+            reserved=Case(When(rank__lte=F("owed"), then=Value(0)), default=Value(1))
+        )
+        ordered = ranked.order_by(
+            "reserved", "turn", "run__sla_due_at", "run__created_at", "run_id"
+        )
+        return list(ordered.values_list("run_id", "tenant_id")[:limit])
+
+
+def reservation_owed(tenants) -> dict[int, int]:
+    """Per tenant (of the `tenants` subquery), the steps its reservation still owes it: its
+    reserved steps per minute less the steps it completed in the last minute, where more
+    than none."""
+    since = timezone.now() - RESERVATION_WINDOW
+    done = (
+        StepRun.objects.filter(
+            tenant_id=OuterRef("pk"), status=StepRun.Status.COMPLETED, finished_at__gte=since
+        )
+        .order_by()
+        .values("tenant_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    rows = (
+        Tenant.objects.filter(pk__in=tenants, reserved_steps_per_minute__gt=0)
+        .annotate(done=Coalesce(Subquery(done), 0))
+        .filter(done__lt=F("reserved_steps_per_minute"))
+        .values_list("pk", "reserved_steps_per_minute", "done")
+    )
+    return {pk: reserved - done for pk, reserved, done in rows}
 
 
 def _refresh_connection() -> None:

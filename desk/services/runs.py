@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import Actor, lock_chain, record
@@ -241,7 +242,8 @@ def start_run_once(
 
 
 def admit_runs(*, tenant_id: int) -> list[int]:
-    """Start queued runs of a tenant, oldest first, while it has free capacity.
+    """Start queued runs of a tenant while it has free capacity: the run nearest its
+    service-level deadline first, then the oldest.
 
     Parked runs hold no capacity; runs resumed after a decision go on without waiting.
     Admissions of one tenant are serialized by its audit chain lock, so that the count of
@@ -254,9 +256,11 @@ def admit_runs(*, tenant_id: int) -> list[int]:
             return []
         queued = Run.objects.filter(tenant_id=tenant_id, status=Run.Status.QUEUED)
         candidates = list(
-            lock(queued.order_by("created_at", "pk"), Level.RUN, skip_locked=True).values_list(
-                "pk", flat=True
-            )[: tenant.max_concurrent_runs]
+            lock(
+                queued.order_by(F("sla_due_at").asc(nulls_last=True), "created_at", "pk"),
+                Level.RUN,
+                skip_locked=True,
+            ).values_list("pk", flat=True)[: tenant.max_concurrent_runs]
         )
         if not candidates:
             return []

@@ -1,10 +1,15 @@
 """The batch worker and admission: many runs in flight, capacity and fairness per tenant."""
 
+from datetime import timedelta
+
+from django.utils import timezone
+
 from audit.services import Actor
 from desk import engine, worker
 from desk.models import Run, StepRun
 from desk.services import admit_runs, start_run
 from roles.models import Role
+from tenants import rls
 from tests.conftest import INTAKE_INPUT
 from tests.runtime import advance
 
@@ -130,6 +135,66 @@ class TestFairOrder:
         assert tenants.count(harbor.pk) == 6
         assert tenants.count(northwind.pk) == 2
 
+    def test_a_tenant_below_its_reservation_is_served_ahead_of_the_turns(
+        self, harbor, northwind, intake_role
+    ):
+        harbor.max_concurrent_runs = northwind.max_concurrent_runs = 50
+        harbor.priority_weight = 10  # by weight alone harbor would take 10 of 11 turns
+        harbor.reserved_steps_per_minute = 0  # no reservation: nothing owed to harbor
+        harbor.save()
+        northwind.reserved_steps_per_minute = 3
+        northwind.save()
+        start(harbor, intake_role, 10)
+        northwind_role = Role.objects.get(tenant=northwind, slug="intake-coordinator")
+        owed = start(northwind, northwind_role, 5)
+        done_this_minute(northwind, 1)  # 2 of its 3 reserved steps still owed
+
+        picked = worker.ready_runs(limit=4, exclude=set())
+
+        assert [run_id for run_id, _ in picked[:2]] == [owed[0].pk, owed[1].pk]
+        assert [tenant_id for _, tenant_id in picked[2:]] == [harbor.pk, harbor.pk]
+
+    def test_a_reservation_used_up_this_minute_gives_no_precedence(
+        self, harbor, northwind, intake_role
+    ):
+        harbor.max_concurrent_runs = northwind.max_concurrent_runs = 50
+        harbor.priority_weight = 10
+        harbor.reserved_steps_per_minute = 0  # none: no precedence for harbor either
+        harbor.save()
+        northwind.reserved_steps_per_minute = 3
+        northwind.save()
+        start(harbor, intake_role, 10)
+        northwind_role = Role.objects.get(tenant=northwind, slug="intake-coordinator")
+        start(northwind, northwind_role, 5)
+        done_this_minute(northwind, 3)
+
+        picked = worker.ready_runs(limit=11, exclude=set())
+
+        # By weight alone: harbor's ten turns, then northwind's first (not its three owed).
+        assert [tenant_id for _, tenant_id in picked].count(northwind.pk) == 1
+
+    def test_within_a_tenant_the_run_nearest_its_deadline_goes_first(self, harbor, intake_role):
+        harbor.max_concurrent_runs = 50
+        harbor.save()
+        older, newer = start(harbor, intake_role, 2)
+        with rls.platform_context():
+            Run.objects.filter(pk=newer.pk).update(sla_due_at=older.sla_due_at - timedelta(1))
+
+        picked = worker.ready_runs(limit=2, exclude=set())
+
+        assert [run_id for run_id, _ in picked] == [newer.pk, older.pk]
+
+
+def done_this_minute(tenant, count: int) -> None:
+    """`count` of the tenant's steps completed just now (steps not ready: the waiting ones)."""
+    with rls.platform_context():
+        waiting = StepRun.objects.filter(tenant=tenant, status=StepRun.Status.PENDING)
+        keys = list(waiting.order_by("pk").values_list("pk", flat=True)[:count])
+        assert len(keys) == count
+        StepRun.objects.filter(pk__in=keys).update(
+            status=StepRun.Status.COMPLETED, finished_at=timezone.now()
+        )
+
 
 class TestTimeBudget:
     def test_a_task_out_of_time_hands_the_rest_to_a_successor(
@@ -187,6 +252,18 @@ class TestDoorbells:
         assert admitted == [r.pk for r in runs]
         assert [kw["run_id"] for kw in rung] == [runs[0].pk, runs[2].pk, runs[4].pk]
         assert all(kw["q_options"] == {"group": "runs", "save": False} for kw in rung)
+
+
+def test_the_queued_run_nearest_its_deadline_is_admitted_first(harbor, intake_role):
+    harbor.max_concurrent_runs = 0
+    harbor.save()
+    older, newer = start(harbor, intake_role, 2)
+    with rls.platform_context():
+        Run.objects.filter(pk=newer.pk).update(sla_due_at=older.sla_due_at - timedelta(1))
+    harbor.max_concurrent_runs = 1
+    harbor.save()
+
+    assert admit_runs(tenant_id=harbor.pk) == [newer.pk]
 
 
 def test_a_connection_in_a_callers_transaction_is_not_closed_before_work(monkeypatch):
