@@ -415,7 +415,15 @@ class ApprovalRequestAdmin(BigTableAdmin, admin.ModelAdmin):
 
     def get_inlines(self, request, obj):
         # The decisions table appears once there is a decision to show.
-        return self.inlines if obj is not None and obj.decisions.exists() else ()
+        return self.inlines if obj is not None and self._decisions(request, obj) else ()
+
+    def _decisions(self, request, approval) -> list[Decision]:
+        """The request's decisions, oldest first, read once a request (whether the page
+        shows them, and the user's own)."""
+        cache = request.__dict__.setdefault("desk_decisions", {})
+        if approval.pk not in cache:
+            cache[approval.pk] = list(approval.decisions.order_by("created_at", "pk"))
+        return cache[approval.pk]
 
     # --- the review page ----------------------------------------------------------------
 
@@ -543,11 +551,13 @@ class ApprovalRequestAdmin(BigTableAdmin, admin.ModelAdmin):
                 dump_json(earlier_step.output) if earlier_step.output is not None else ""
             )
         definition = step_definition(run, step)
-        my_decision = (
-            approval.decisions.current()
-            .filter(reviewer=request.user)
-            .order_by("created_at", "pk")
-            .first()
+        my_decision = next(
+            (
+                decision
+                for decision in self._decisions(request, approval)
+                if decision.dismissed_at is None and decision.reviewer_id == request.user.pk
+            ),
+            None,
         )
         barred = barred_reason(request.user, approval)
         may_decide = (
