@@ -185,11 +185,12 @@ def _on_connection(conn, alias: str, role: str, settings: dict[str, str]) -> Ite
             return
         names = sorted(settings)
         with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT current_user, session_user, "
-                + ", ".join(f"current_setting('{name}', true)" for name in names)
-            )
-            previous_role, session_user, *previous = cursor.fetchone()
+            if nested:  # what to put back when the inner context ends
+                cursor.execute(
+                    "SELECT current_user, session_user, "
+                    + ", ".join(f"current_setting('{name}', true)" for name in names)
+                )
+                previous_role, session_user, *previous = cursor.fetchone()
             _apply(cursor, role, {name: settings[name] for name in names})
         setattr(conn, _APPLIED, wanted)
         try:
@@ -208,8 +209,12 @@ def _on_connection(conn, alias: str, role: str, settings: dict[str, str]) -> Ite
 
 
 def _apply(cursor, role: str | None, settings: dict[str, str]) -> None:
+    """SET LOCAL ROLE and the settings, in one statement (set_config('role', …, true) is
+    SET LOCAL ROLE): a round trip per transaction, not one per setting."""
+    values = [("role", role or "none"), *settings.items()]
+    calls = ", ".join("set_config(%s, %s, true)" for _ in values)
     try:
-        cursor.execute(f'SET LOCAL ROLE "{role}"' if role else "SET LOCAL ROLE NONE")
+        cursor.execute(f"SELECT {calls}", [v for item in values for v in item])
     except DatabaseError as exc:
         if role == PLATFORM_ROLE:
             raise ImproperlyConfigured(
@@ -217,8 +222,6 @@ def _apply(cursor, role: str | None, settings: dict[str, str]) -> None:
                 "DESK_PLATFORM_DATABASE_URL (README, Production)."
             ) from exc
         raise
-    calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
-    cursor.execute(f"SELECT {calls}", [v for item in settings.items() for v in item])
 
 
 def _proof(user_id: int | None) -> tuple[str, dict[str, str]]:
